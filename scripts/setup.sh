@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up vidfx in ./.venv on a fresh machine (Python 3.11 + pip + gcc), with no GPU needed.
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh --dev    + test tools (pytest, ruff, selenium) and, as root, Debian's chromium for the page test
+# CPU machines get the CPU build of torch (torch==2.13.0); set VIDFX_TORCH to another requirement
+# (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>") to install a CUDA build instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+pip_install() { "$py" -m pip install -q --disable-pip-version-check "$@"; }
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  pip_install ${VIDFX_TORCH:-torch==2.13.0}
+fi
+if [ "$dev" = 1 ]; then
+  pip_install -e '.[dev]'
+  if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  fi
+else
+  pip_install -e .
+fi

@@ -1,0 +1,10 @@
+"""Video autoencoders with one latent contract and exact streaming encode/decode.
+
+Contract (both the Wan VAE and the tiny autoencoder):
+  * pixels (B, 3, T, H, W) in [-1, 1]; latents (B, latent_channels, T', H/spatial_factor, W/spatial_factor),
+    normalised (zero-mean, unit-variance per channel) so the DiT sees the same statistics for any autoencoder;
+  * temporally causal with factor k = temporal_factor: a stream's first chunk holds 1 + k·n frames and gives
+    1 + n latent frames; every later chunk holds k·n frames and gives n latent frames;
+  * streaming: `StreamEncoder`/`StreamDecoder` objects own the causal-conv caches of one stream, so feeding a
+    clip chunk by chunk gives the same result as the whole clip at once.
+"""

@@ -1,0 +1,33 @@
+"""`vidfx` command line: one subcommand a module, registered here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+# Each entry: name -> (help, module path of a `register(parser)` that sets `func` via set_defaults).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
+    "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="vidfx", description="live video-to-video effects node (CausVid)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, module) in SUBCOMMANDS.items():
+        register: Callable[[argparse.ArgumentParser], None] = importlib.import_module(module).register
+        register(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

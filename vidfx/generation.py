@@ -1,0 +1,53 @@
+"""Chunk-level generation with the causal DiT: the one place where model, cache and sampler meet.
+
+`denoise_chunk` is the unit the streaming engine, `vidfx run`, `vidfx generate` and the benchmarks share:
+few-step sampling of one chunk against the stream's KV cache, then one more forward of the clean result at
+the context-noise level to write the cache (CausVid's inference loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from vidfx.model.kv_cache import CrossAttnCache, KVCache
+from vidfx.model.wan_dit import CausalDiT
+from vidfx.sampling import Denoiser, noise_to, sample_few_step, velocity_to_x0
+
+
+def chunk_denoiser(model: CausalDiT, cross: CrossAttnCache, cache: KVCache) -> Denoiser:
+    """A `denoise(x_t, sigma) -> x0` over one chunk that reads (never writes) the cache."""
+
+    def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+        t = torch.full((x_t.shape[0],), 1000.0 * sigma, device=x_t.device)
+        v = model.forward_chunk(x_t, t, cross, cache, write_cache=False)
+        return velocity_to_x0(x_t.float(), v, sigma)
+
+    return denoise
+
+
+@torch.no_grad()
+def denoise_chunk(
+    model: CausalDiT,
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    cross: CrossAttnCache,
+    cache: KVCache,
+    generator: torch.Generator | None = None,
+    context_sigma: float = 0.0,
+) -> torch.Tensor:
+    """Few-step denoise one chunk x (B, C, F, H, W), already noised to sigmas[0]; write it into the cache.
+
+    context_sigma: noise level of the cache-write pass (CausVid writes clean latents, σ = 0; a small
+    positive value makes the model robust to its own errors, as in Self-Forcing's "context noise").
+    Returns the clean latents x₀ (B, C, F, H, W) in fp32.
+    """
+    x0 = sample_few_step(chunk_denoiser(model, cross, cache), x, sigmas, generator)
+    ctx = x0
+    if context_sigma > 0:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        ctx = noise_to(x0, noise, context_sigma)
+    t = torch.full((x0.shape[0],), 1000.0 * context_sigma, device=x0.device)
+    model.forward_chunk(ctx, t, cross, cache, write_cache=True)
+    return x0

@@ -1,0 +1,115 @@
+"""Flow-matching noise schedule and samplers, as pure functions over tensors (k-diffusion style).
+
+Conventions (Wan / CausVid): x_t = (1 − σ)·x₀ + σ·ε, the network takes t = 1000·σ and predicts the velocity
+v = ε − x₀, so x₀ = x_t − σ·v. A "denoiser" below is any callable `denoise(x_t, sigma) -> x0_hat`.
+
+Step lists are given as CausVid writes them — integers on the *unshifted* 0…1000 grid, e.g. `[1000, 757, 522]`
+— and warped through the shifted schedule σ(s) = shift·s / (1 + (shift − 1)·s), s = step/1000, exactly as
+CausVid's `warp_denoising_step` indexes its scheduler's shifted timesteps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]  # (x_t, sigma) -> x0 estimate
+Velocity = Callable[[torch.Tensor, float], torch.Tensor]  # (x_t, sigma) -> v estimate
+
+CAUSVID_STEPS = (1000, 757, 522)  # CausVid's 3-step default (configs/wan_causal_dmd.yaml)
+FOUR_STEPS = (1000, 750, 500, 250)
+DEFAULT_SHIFT = 8.0  # CausVid's timestep_shift
+
+
+def shift_sigma(s: float | torch.Tensor, shift: float) -> float | torch.Tensor:
+    """Wan/SD3 shifted schedule: σ = shift·s / (1 + (shift − 1)·s) for s ∈ [0, 1]."""
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def step_sigmas(steps: Sequence[int], shift: float = DEFAULT_SHIFT) -> list[float]:
+    """σ for each entry of a step list on the 0…1000 grid (strictly decreasing, in (0, 1])."""
+    if not steps:
+        raise ValueError("step list is empty")
+    if any(not 0 < s <= 1000 for s in steps) or any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError(f"steps must be strictly decreasing integers in (0, 1000], got {list(steps)}")
+    return [float(shift_sigma(s / 1000.0, shift)) for s in steps]
+
+
+def sdedit_steps(steps: Sequence[int], strength: float) -> list[int]:
+    """The steps a video-to-video pass runs at `strength` ∈ (0, 1]: those at or below strength·1000.
+
+    strength 1 is text-to-video from pure noise; lower keeps more of the input.
+    """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    kept = [s for s in steps if s <= strength * 1000 + 1e-9]
+    if not kept:
+        raise ValueError(f"strength {strength} is below every step of {list(steps)}: nothing to denoise")
+    return kept
+
+
+def teacher_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
+    """Wan's many-step sampling grid: num_steps+1 shifted σ from 1 down to 0."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+    return [float(shift_sigma(1 - i / num_steps, shift)) for i in range(num_steps + 1)]
+
+
+def noise_to(x0: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """The forward process: x_σ = (1 − σ)·x₀ + σ·ε (σ broadcasts)."""
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def velocity_to_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    return x_t - sigma * v
+
+
+def sample_few_step(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DMD/consistency few-step sampling (Yin et al., DMD2; CausVid inference): denoise to x₀ at each σ,
+    then re-noise x₀ with fresh noise to the next σ. `x` is already at sigmas[0]; returns the last x₀.
+    """
+    x0 = x
+    for i, sigma in enumerate(sigmas):
+        x0 = denoise(x, sigma)
+        if i + 1 < len(sigmas):
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            x = noise_to(x0, noise, sigmas[i + 1])
+    return x0
+
+
+def sample_euler(
+    velocity: Velocity, x: torch.Tensor, sigmas: Sequence[float], keep_at: Sequence[float] = ()
+) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+    """Deterministic Euler integration of the flow ODE dx/dσ = v (Lipman et al., flow matching).
+
+    Returns the final sample and the states reached at each σ in `keep_at` (nearest grid point at or
+    below it) — the ODE trajectory pairs CausVid's student initialisation regresses on.
+    """
+    kept: dict[float, torch.Tensor] = {}
+    pending = sorted(keep_at, reverse=True)
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        while pending and sigma <= pending[0] + 1e-9:
+            kept[pending.pop(0)] = x
+        x = x + (sigma_next - sigma) * velocity(x, sigma)
+    return x, kept
+
+
+def with_cfg(cond: Velocity, uncond: Velocity, scale: float) -> Velocity:
+    """Classifier-free guidance in the form v_u + s·(v_c − v_u) (Ho & Salimans)."""
+
+    def guided(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        v_c = cond(x, sigma)
+        if scale == 1.0:
+            return v_c
+        v_u = uncond(x, sigma)
+        return v_u + scale * (v_c - v_u)
+
+    return guided
