@@ -129,12 +129,16 @@ def rope_for_grid(
         ],
         dim=-1,
     )
-    return rot.reshape(nf * height * width, -1)
+    return rot.reshape(nf * height * width, -1).to(torch.complex64)
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2), in fp64 as Wan does."""
-    xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2))
+    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2) complex64.
+
+    Wan rotates in fp64; the tables are built in fp64 and only the product is fp32 here (relative error
+    ~1e-7), because the cache path re-rotates every visible key each call and fp64 made that the hot spot.
+    """
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(xc * rot[None, :, None, :]).flatten(-2).type_as(x)
 
 
