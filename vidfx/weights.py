@@ -35,12 +35,12 @@ def _shards(path: Path) -> list[Path]:
         if not files:
             raise CheckpointError(f"{path}: folder holds no *.safetensors file")
         return files
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise CheckpointError(
             f"{path}: pickled checkpoints are not loaded; convert it once with `vidfx convert {path} OUT.safetensors`"
         )
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
     return [path]
 
 

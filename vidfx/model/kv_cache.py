@@ -123,4 +123,3 @@ class CrossAttnCache:
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
-

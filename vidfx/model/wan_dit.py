@@ -129,12 +129,16 @@ def rope_for_grid(
         ],
         dim=-1,
     )
-    return rot.reshape(nf * height * width, -1)
+    return rot.reshape(nf * height * width, -1).to(torch.complex64)
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2), in fp64 as Wan does."""
-    xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2))
+    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2) complex64.
+
+    Wan rotates in fp64; the tables are built in fp64 and only the product is fp32 here (relative error
+    ~1e-7), because the cache path re-rotates every visible key each call and fp64 made that the hot spot.
+    """
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(xc * rot[None, :, None, :]).flatten(-2).type_as(x)
 
 
@@ -221,11 +225,18 @@ class Block(nn.Module):
         self.self_attn = SelfAttention(cfg)
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(cfg)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
     def forward(
-        self, x: torch.Tensor, e: torch.Tensor, ctx: AttnContext, cross_kv: tuple[torch.Tensor, torch.Tensor], layer: int
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        ctx: AttnContext,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        layer: int,
     ) -> torch.Tensor:
         """x: (B, L, dim); e: (B, frames, 6, dim) fp32 per-frame time modulation; returns (B, L, dim)."""
         b, n, d = x.shape
@@ -323,7 +334,9 @@ class CausalDiT(nn.Module):
         with torch.autocast(device_type=t.device.type, enabled=False):
             e = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim).to(self.time_embedding[0].weight.dtype))
             e = e.float()
-            e0 = self.time_projection(e.to(self.time_embedding[0].weight.dtype)).float().unflatten(-1, (6, self.cfg.dim))
+            e0 = (
+                self.time_projection(e.to(self.time_embedding[0].weight.dtype)).float().unflatten(-1, (6, self.cfg.dim))
+            )
         return e, e0
 
     def _patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:

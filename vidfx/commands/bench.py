@@ -1,0 +1,16 @@
+"""`vidfx bench <name>`: the benchmarks in vidfx/benchmarking, one module each."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "cache": ("per-chunk time with the rolling KV cache vs recomputing the history", "vidfx.benchmarking.cache"),
+}
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", required=True)
+    for name, (help_text, module) in BENCHMARKS.items():
+        importlib.import_module(module).register(sub.add_parser(name, help=help_text, description=help_text))
