@@ -415,10 +415,16 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
     try:
         cfg = DiTConfig.preset("tiny")
         dit = CausalDiT(cfg)
-        # Wan zero-initialises the output head (a trained model overwrites it); random weights need a live head
-        # or the velocity is 0 and prompts could not change the output.
-        torch.nn.init.normal_(dit.head.head.weight, std=0.02)
+        # Wan zero-initialises the output head and gives the text MLP tiny weights (training moves both); an
+        # untrained stand-in needs them live, or the velocity ignores the prompt and the output the steering.
+        for layer in (dit.head.head, dit.text_embedding[0], dit.text_embedding[2]):
+            torch.nn.init.xavier_uniform_(layer.weight)
         ae = TinyAutoencoder(TinyAEConfig(latent_channels=cfg.in_dim))
+        # PyTorch's default init shrinks the signal layer by layer: the decoded frames would be a flat grey
+        # whatever the latents. Variance-preserving weights keep the output sensitive to what the DiT does.
+        for m in ae.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
         text = HashTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
     finally:
         torch.random.set_rng_state(gen_state)

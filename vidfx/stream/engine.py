@@ -75,6 +75,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.transport_status: dict[str, Any] = {}  # what transports report in `status` (e.g. subscribers)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,6 +158,7 @@ class Engine:
             "dropped": self.metrics.dropped(),
             "frames_per_chunk": [self.pipeline.frames_per_chunk(True), self.pipeline.frames_per_chunk(False)],
             "resolution": [self.settings.model.width, self.settings.model.height],
+            **self.transport_status,
         }
 
     # -- scheduling -------------------------------------------------------------------------------------------
