@@ -21,7 +21,7 @@ import torch
 import zmq.asyncio
 from aiohttp import web
 
-from vidfx.config import Settings, is_loopback_address
+from vidfx.config import Settings, is_loopback_address, resolve_threads
 from vidfx.pipeline import load_pipeline
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
@@ -70,8 +70,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        if s.model.threads:
-            torch.set_num_threads(s.model.threads)
+        torch.set_num_threads(resolve_threads(s.model.threads))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.http.host, s.http.port)
