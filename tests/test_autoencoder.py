@@ -70,7 +70,7 @@ def stream_decode(ae: VideoAutoencoder, latents: torch.Tensor, chunks: list[int]
     return torch.cat(out, dim=2)
 
 
-# -- streaming == whole clip -----------------------------------------------------------------------------------
+# -- streaming == whole clip ---------------------------------------------------------------------------------
 
 ENCODE_CHUNKS = [[1, 4, 4, 4, 4, 4, 4], [5, 8, 12], [9, 4, 12], [13, 12], [1, 24], [17, 8], [1, 12, 4, 8]]
 DECODE_CHUNKS = [[1] * 7, [2, 2, 2, 1], [3, 3, 1], [1, 3, 2, 1], [2, 1, 3, 1]]
@@ -94,7 +94,8 @@ def test_streaming_decode_equals_whole_clip(kind: str) -> None:
     latents = torch.randn(2, 16, 7, 2, 3, generator=torch.Generator().manual_seed(2))
     whole = ae.decode(latents)
     assert whole.shape == (2, 3, 25, 16, 24)
-    assert ((whole.abs() < 0.999).float().mean() > 0.5).item()  # mostly unclamped: the comparison means something
+    # Mostly unclamped, so the comparison below means something.
+    assert ((whole.abs() < 0.999).float().mean() > 0.5).item()
     for chunks in DECODE_CHUNKS:
         err = (stream_decode(ae, latents, chunks) - whole).abs().max().item()
         assert err <= TOL, f"{kind} latent chunks {chunks}: max abs error {err}"
@@ -175,7 +176,7 @@ def test_tiny_other_factors_stream_exactly_and_round_trip(tmp_path: Path) -> Non
     assert torch.allclose(ae.encode(clip), (whole - 0.25) / 2.0)  # the saved statistics are applied
 
 
-# -- official Wan VAE names, loading ---------------------------------------------------------------------------
+# -- official Wan VAE names, loading -------------------------------------------------------------------------
 
 
 def test_wan_vae_official_names_shapes_and_count(manifest: dict) -> None:
@@ -238,7 +239,7 @@ def test_random_presets_load_by_name() -> None:
         load_autoencoder("random:nope")
 
 
-# -- training the tiny autoencoder -------------------------------------------------------------------------------
+# -- training the tiny autoencoder ---------------------------------------------------------------------------
 
 
 def repeat(clip: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -298,3 +299,21 @@ def test_fit_latent_stats_normalises_latents() -> None:
     per_channel = z.transpose(0, 1).reshape(16, -1)
     assert per_channel.mean(1).abs().max().item() < 1e-4
     assert (per_channel.std(1, correction=0) - 1).abs().max().item() < 1e-3
+
+
+def test_train_autoencoder_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from vidfx.commands import train_autoencoder as command
+
+    parser = argparse.ArgumentParser()
+    command.register(parser)
+    out = tmp_path / "run"
+    argv = [str(out), "--steps", "3", "--batch", "1", "--frames", "5", "--size", "32", "--device", "cpu"]
+    args = parser.parse_args([*argv, "--stats-batches", "2", "--no-progress"])
+    assert args.func(args) == 0
+    ae = load_autoencoder(out / "autoencoder.safetensors")
+    assert isinstance(ae, TinyAutoencoder)
+    assert not torch.equal(ae.latent_std, torch.ones(16))  # the fitted statistics were saved
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("autoencoder-step*")) == ["autoencoder-step0000003.safetensors"]
