@@ -8,7 +8,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
-import zmq
+
 from tests.serve_harness import make_video, recv_frame, recv_frames, running_node, send_frame
 
 pytestmark = pytest.mark.timeout(180)

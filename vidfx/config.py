@@ -31,6 +31,9 @@ class ModelSettings(_Section):
     name: str = Field("tiny-random", description="model: a name (tiny-random, default) or a weights folder")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
+    fit: Literal["cover", "contain", "stretch"] = Field(
+        "cover", description="input size → model size: crop to aspect, letterbox, or stretch (vidfx.frames)"
+    )
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")

@@ -10,6 +10,7 @@ once. Events are JSON lines on stdout (for scripts and tests); logs go to stderr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -95,10 +96,8 @@ class Node:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self.engine is not None:
             await self.engine.stop()
         if self.data is not None:
@@ -135,10 +134,8 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     if not start.done():
         start.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await start
-        except asyncio.CancelledError:
-            pass
     await node.stop()
     emit_event("stopped")
     return 0

@@ -42,7 +42,10 @@ def _video(n: int, h: int, w: int, seed: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = rng.integers(0, 256, 3)
     return np.stack(
-        [np.stack([(xx + 3 * i + base[0]) % 256, (yy + base[1]) % 256, np.full_like(xx, base[2])], -1) for i in range(n)]
+        [
+            np.stack([(xx + 3 * i + base[0]) % 256, (yy + base[1]) % 256, np.full_like(xx, base[2])], -1)
+            for i in range(n)
+        ]
     ).astype(np.uint8)
 
 
@@ -148,7 +151,7 @@ async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: flo
     start = time.perf_counter()
     period = 1.0 / fps
     i = 0
-    while (now := time.perf_counter()) - start < seconds:
+    while time.perf_counter() - start < seconds:
         for name in names:
             header = {"v": 1, "stream": name, "seq": i, "pts_us": time.time_ns() // 1000, "w": size[1],
                       "h": size[0], "fmt": "rgb24"}  # fmt: skip
@@ -213,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"Model `{args.model}` (random tiny weights), {args.size[1]}×{args.size[0]} input → "
         f"{model.width}×{model.height} model, {chunk_frames} frames/chunk, steps {model.steps} at strength "
-        f"{model.strength}, {args.threads} torch threads, {args.seconds:.0f} s per row, batching up to {args.max_batch}.",
+        f"{model.strength}, {args.threads} torch threads, {args.seconds:.0f} s per row, "
+        f"batching up to {args.max_batch}.",
         "",
         "| streams | standalone FPS (batched / unbatched) | served FPS, saturated | overhead | camera input FPS "
         "| camera output FPS | latency p50 / p95 ms | drop rate (camera) | drop rate (saturated) |",
