@@ -175,10 +175,13 @@ class StreamState:
         return self.encoder.cache.at_start
 
     def reset(self) -> None:
+        """Start over as a fresh stream with the current parameters would: same seed, prompt settled."""
         self.encoder.reset()
         self.decoder.reset()
         self.kv.reset()
         self.motion.reset()
+        self.generator.manual_seed(self.params.seed)
+        self.prompt = PromptSchedule(self.prompt.target, self.params.interpolation)
 
 
 @dataclass
