@@ -265,3 +265,12 @@ async def test_readyz_before_model_then_token_beyond_loopback(tmp_path):
         reply = await node.control({"op": "status", "token": "wrong-wrong-wrong"})
         assert reply["ok"] is False
         assert (await node.control({"op": "status", "token": "0123456789abcdef-secret"}))["ok"]
+
+
+async def test_sigterm_during_warm_up_exits_zero_promptly():
+    async with running_node("--model-warmup-chunks", "1000", wait_ready=False) as node:
+        await asyncio.sleep(2.0)  # loading, then warming up
+        start = time.monotonic()
+        assert await node.terminate() == 0
+        assert time.monotonic() - start < 15
+        assert "ready" not in [e["event"] for e in node.events]

@@ -45,7 +45,7 @@ class ModelSettings(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores but one, for the I/O loop)")
     max_batch: int = Field(4, ge=1, le=64, description="sessions' chunks batched into one DiT forward")
-    warmup_chunks: int = Field(2, ge=0, le=16, description="chunks run on a dummy stream before ready")
+    warmup_chunks: int = Field(2, ge=0, le=1000, description="chunks run on a dummy stream before ready")
 
 
 class StreamSettings(_Section):

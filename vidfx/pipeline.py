@@ -383,14 +383,16 @@ class StylePipeline:
             st.kv.commit_chunk(n)
             p.x0 = x0[b : b + 1]
 
-    def warm_up(self, chunks: int) -> None:
-        """Run `chunks` chunks of a throwaway stream (first kernels, allocator, prompt cache)."""
-        state = self.new_stream_state(StreamParams())
-        rng = np.random.default_rng(0)
+    def warm_up(self, chunks: int, state: StreamState | None = None) -> StreamState:
+        """Run `chunks` chunks of a throwaway stream (first kernels, allocator, prompt cache); pass the returned
+        state back in to continue the same stream."""
+        state = state or self.new_stream_state(StreamParams())
+        rng = np.random.default_rng(state.chunks)
         for _ in range(chunks):
             n = self.frames_per_chunk(state.first)
             frames = rng.integers(0, 256, (n, self.settings.height, self.settings.width, 3), dtype=np.uint8)
             self.process_chunk(state, frames)
+        return state
 
 
 # -- loading ---------------------------------------------------------------------------------------------------

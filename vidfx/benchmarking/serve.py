@@ -30,7 +30,7 @@ import zmq
 import zmq.asyncio
 
 from vidfx.config import ModelSettings, resolve_threads
-from vidfx.pipeline import ChunkRequest, StreamParams, load_pipeline
+from vidfx.pipeline import ChunkRequest, StreamParams, chunk_sigmas, load_pipeline
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -52,8 +52,10 @@ def _video(n: int, h: int, w: int, seed: int) -> np.ndarray:
 # -- standalone -------------------------------------------------------------------------------------------------
 
 
-def standalone(model: ModelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool) -> float:
-    """Frames/s of the pipeline alone for `streams` concurrent streams (one call per round of chunks)."""
+def standalone(
+    model: ModelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool
+) -> dict[str, float]:
+    """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams."""
     pipe = load_pipeline(model)
     pipe.warm_up(2)
     states = [pipe.new_stream_state(StreamParams(prompts=((f"style {i}", 1.0),), seed=i)) for i in range(streams)]
@@ -61,12 +63,27 @@ def standalone(model: ModelSettings, streams: int, seconds: float, size: tuple[i
     frames = 0
     # First chunks (1 frame) are not representative: run them before the clock starts.
     pipe.process_chunks([ChunkRequest(s, video[:1], s.params) for s in states], batch=batch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         n = pipe.frames_per_chunk(False)
         pipe.process_chunks([ChunkRequest(s, video[:n], s.params) for s in states], batch=batch)
         frames += n * streams
-    return frames / (time.perf_counter() - start)
+    return {"fps": frames / (time.perf_counter() - start), "per_cpu_s": frames / (time.process_time() - cpu)}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _scrape(http: str) -> dict[str, float]:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as session, session.get(http + "/metrics") as r:
+        text = await r.text()
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
 
 
 def dit_batch_cost(model: ModelSettings, rows: int, reps: int = 20) -> tuple[float, float]:
@@ -115,7 +132,7 @@ async def _start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Proc
             return proc, ev
 
 
-async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: float, seconds: float,
+async def _served_run(ev: dict, pid: int, ctx: zmq.asyncio.Context, streams: int, fps: float, seconds: float,
                       size: tuple[int, int], tag: str) -> dict:  # fmt: skip
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 1000)
@@ -132,6 +149,7 @@ async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: flo
     received = 0
     sent = 0
     done = asyncio.Event()
+    last_at = [time.perf_counter()]
 
     async def receive() -> None:
         nonlocal received
@@ -146,8 +164,10 @@ async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: flo
             if h["stream"] in names:
                 latencies.append(time.time() - h["pts_us"] / 1e6)
                 received += 1
+                last_at[0] = time.perf_counter()
 
     receiver = asyncio.create_task(receive())
+    metrics0, cpu0 = await _scrape(ev["http"]), _proc_cpu_s(pid)
     start = time.perf_counter()
     period = 1.0 / fps
     i = 0
@@ -162,6 +182,8 @@ async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: flo
     send_time = time.perf_counter() - start
     done.set()
     await receiver
+    cpu1, metrics1 = _proc_cpu_s(pid), await _scrape(ev["http"])
+    busy = metrics1["vidfx_chunk_latency_seconds_sum"] - metrics0["vidfx_chunk_latency_seconds_sum"]
     pub.close(0)
     sub.close(0)
     # Steady state only: skip the first second (first chunks, session creation).
@@ -173,6 +195,8 @@ async def _served_run(ev: dict, ctx: zmq.asyncio.Context, streams: int, fps: flo
         "latency_p50_ms": round(_pct(steady, 50) * 1e3, 1),
         "latency_p95_ms": round(_pct(steady, 95) * 1e3, 1),
         "drop_rate": round(1 - received / sent, 3) if sent else 0.0,
+        "per_cpu_s": round(received / max(cpu1 - cpu0, 1e-9), 1),
+        "worker_busy": round(busy / max(last_at[0] - start, 1e-9), 3),
     }
 
 
@@ -186,16 +210,18 @@ async def measure(args: argparse.Namespace, model: ModelSettings) -> tuple[dict,
     loop = asyncio.get_running_loop()
     try:
         for s in args.streams:
+            pid = proc.pid
             before = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, True)
-            results["camera"].append(await _served_run(ev, ctx, s, args.fps, args.seconds, args.size, f"cam{s}"))
-            rate = 3 * before / s  # per-stream input at three times what the engine alone sustains
-            results["saturated"].append(await _served_run(ev, ctx, s, rate, args.seconds, args.size, f"sat{s}"))
+            cam = await _served_run(ev, pid, ctx, s, args.fps, args.seconds, args.size, f"cam{s}")
+            results["camera"].append(cam)
+            rate = 3 * before["fps"] / s  # per-stream input at three times what the engine alone sustains
+            sat = await _served_run(ev, pid, ctx, s, rate, args.seconds, args.size, f"sat{s}")
+            results["saturated"].append(sat)
             after = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, True)
-            alone[s] = {"batched": (before + after) / 2}
+            alone[s] = {k: (before[k] + after[k]) / 2 for k in before}
             if s > 1:
-                alone[s]["unbatched"] = await loop.run_in_executor(
-                    None, standalone, model, s, args.seconds, args.size, False
-                )
+                unbatched = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, False)
+                alone[s]["unbatched_fps"] = unbatched["fps"]
             print(s, alone[s], results["camera"][-1], results["saturated"][-1], file=sys.stderr)
     finally:
         ctx.term()
@@ -209,31 +235,34 @@ def run(args: argparse.Namespace) -> int:
     args.threads = resolve_threads(args.threads)
     torch.set_num_threads(args.threads)
     model = ModelSettings(name=args.model, threads=args.threads)
+    load0 = f"{os.getloadavg()[0]:.1f}"
     alone, res = asyncio.run(measure(args, model))
-    rows = len(model.steps) + 1
+    rows = len(chunk_sigmas(model.steps, model.strength)) + 1  # denoising steps + the cache-write pass
     dit1, ditk = dit_batch_cost(model, rows)
     chunk_frames = load_pipeline(model).frames_per_chunk(False)
     lines = [
         f"Model `{args.model}` (random tiny weights), {args.size[1]}×{args.size[0]} input → "
         f"{model.width}×{model.height} model, {chunk_frames} frames/chunk, steps {model.steps} at strength "
-        f"{model.strength}, {args.threads} torch threads, {args.seconds:.0f} s per row, "
-        f"batching up to {args.max_batch}.",
+        f"{model.strength}, {args.threads} torch thread(s), {args.seconds:.0f} s per row, batching up to "
+        f"{args.max_batch}; load average before/after: {load0} / {os.getloadavg()[0]:.1f}.",
         "",
-        "| streams | standalone FPS (batched / unbatched) | served FPS, saturated | overhead | camera input FPS "
-        "| camera output FPS | latency p50 / p95 ms | drop rate (camera) | drop rate (saturated) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| streams | standalone FPS (batched / unbatched) | served FPS, saturated | overhead (wall) "
+        "| frames per CPU-s standalone / served | overhead (CPU) | worker busy, saturated "
+        "| camera in → out FPS | latency p50 / p95 ms (camera) | drops camera / saturated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cam, sat in zip(res["camera"], res["saturated"], strict=True):
         s = cam["streams"]
         a = alone[s]
-        overhead = 1 - sat["output_fps"] / a["batched"]
-        alone_txt = f"{a['batched']:.1f}" + (f" / {a['unbatched']:.1f}" if "unbatched" in a else "")
+        alone_txt = f"{a['fps']:.1f}" + (f" / {a['unbatched_fps']:.1f}" if "unbatched_fps" in a else "")
         lines.append(
-            f"| {s} | {alone_txt} | {sat['output_fps']:.1f} | {overhead:.1%} | {cam['input_fps_per_stream'] * s:.1f} "
-            f"| {cam['output_fps']:.1f} | {cam['latency_p50_ms']:.0f} / {cam['latency_p95_ms']:.0f} "
-            f"| {cam['drop_rate']:.1%} | {sat['drop_rate']:.1%} |"
+            f"| {s} | {alone_txt} | {sat['output_fps']:.1f} | {1 - sat['output_fps'] / a['fps']:.1%} "
+            f"| {a['per_cpu_s']:.1f} / {sat['per_cpu_s']:.1f} | {1 - sat['per_cpu_s'] / a['per_cpu_s']:.1%} "
+            f"| {sat['worker_busy']:.0%} | {cam['input_fps_per_stream'] * s:.0f} → {cam['output_fps']:.1f} "
+            f"| {cam['latency_p50_ms']:.0f} / {cam['latency_p95_ms']:.0f} "
+            f"| {cam['drop_rate']:.1%} / {sat['drop_rate']:.1%} |"
         )
-    chunk_ms = 1e3 * chunk_frames / max(alone[1].values())
+    chunk_ms = 1e3 * chunk_frames / alone[1]["fps"]
     lines += [
         "",
         f"One chunk: {1e3 * chunk_frames / args.fps:.0f} ms of video at {args.fps:.0f} FPS, ≈{chunk_ms:.0f} ms of "

@@ -82,8 +82,9 @@ class Engine:
     async def start(self) -> None:
         """Warm the model up on the worker, then start scheduling. `ready` turns true at the end."""
         loop = asyncio.get_running_loop()
-        if self.settings.model.warmup_chunks:
-            await loop.run_in_executor(self._worker, self.pipeline.warm_up, self.settings.model.warmup_chunks)
+        state = None
+        for _ in range(self.settings.model.warmup_chunks):  # chunk by chunk: a shutdown waits for one at most
+            state = await loop.run_in_executor(self._worker, self.pipeline.warm_up, 1, state)
         self._tasks = [asyncio.create_task(self._schedule(), name="vidfx-scheduler"),
                        asyncio.create_task(self._reap(), name="vidfx-reaper")]  # fmt: skip
         self.ready = True
