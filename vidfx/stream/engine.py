@@ -208,7 +208,11 @@ class Engine:
             self.metrics.chunk_latency.observe(time.monotonic() - started)
             self.metrics.batch_size.observe(len(jobs))
             for job, out in zip(jobs, results, strict=True):
-                self._finish(job, out)
+                try:
+                    self._finish(job, out)
+                except Exception:  # one session's delivery failing must not stop the others or the scheduler
+                    log.exception("delivering session %s's chunk failed", job.session.id)
+                    job.session.in_flight = False
 
     def _finish(self, job: ChunkJob, out: np.ndarray | Exception) -> None:
         s = job.session
@@ -228,14 +232,15 @@ class Engine:
 
     def _run_batch(self, jobs: Sequence[ChunkJob]) -> list[np.ndarray | Exception]:
         """Worker thread: the model work of one batch. Exceptions become per-job results, never escape."""
-        requests = []
-        for job in jobs:
-            if job.session.model_state is None:
-                job.session.model_state = self.pipeline.new_stream_state(job.params)
-            elif job.reset:
-                job.session.model_state.reset()
-            requests.append(ChunkRequest(job.session.model_state, job.pixels, job.params, job.frames[0].pts_us))
         try:
+            requests = []
+            for job in jobs:
+                if job.session.model_state is None:
+                    job.session.model_state = self.pipeline.new_stream_state(job.params)
+                elif job.reset:
+                    job.session.model_state.reset()
+                state = job.session.model_state
+                requests.append(ChunkRequest(state, job.pixels, job.params, job.frames[0].pts_us))
             return list(self.pipeline.process_chunks(requests, batch=self.batch))
         except Exception as exc:
             # The batch's states may be half advanced: every job of it fails and its session starts afresh.

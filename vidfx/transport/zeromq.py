@@ -108,12 +108,12 @@ class ZmqDataPlane:
 
     def publish(self, frame: OutputFrame) -> None:
         h, w = frame.pixels.shape[:2]
-        try:
-            self.output.send_multipart(
-                [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
-                flags=zmq.NOBLOCK,
-            )
-        except zmq.Again:  # only in connect mode before the peer is up; a bound XPUB drops silently instead
+        # A non-blocking send on the asyncio socket resolves at once; its failure is in the future, not raised.
+        sent = self.output.send_multipart(
+            [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
+            flags=zmq.NOBLOCK,
+        )
+        if sent.done() and sent.exception() is not None:  # Again: no peer yet in connect mode
             self.engine.metrics.drop("output_overflow")
 
     async def _watch_subscribers(self) -> None:
