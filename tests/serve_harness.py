@@ -78,13 +78,17 @@ class NodeProcess:
 
     async def subscriber(self) -> zmq.asyncio.Socket:
         """A SUB on the node's output, returned once the node counts it as a subscriber."""
-        before = (await self.control({"op": "status"})).get("output_subscribers", 0)
+        return await self.subscriber_with_token(None)
+
+    async def subscriber_with_token(self, token: str | None) -> zmq.asyncio.Socket:
+        status = {"op": "status"} | ({"token": token} if token else {})
+        before = (await self.control(status)).get("output_subscribers", 0)
         sub = self._track(self.ctx.socket(zmq.SUB))
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self.endpoints["output"])
         deadline = time.monotonic() + 10
-        while (await self.control({"op": "status"})).get("output_subscribers", 0) <= before:
+        while (await self.control(status)).get("output_subscribers", 0) <= before:
             assert time.monotonic() < deadline, "the node never saw the subscription"
             await asyncio.sleep(0.02)
         return sub

@@ -265,6 +265,15 @@ async def test_readyz_before_model_then_token_beyond_loopback(tmp_path):
         reply = await node.control({"op": "status", "token": "wrong-wrong-wrong"})
         assert reply["ok"] is False
         assert (await node.control({"op": "status", "token": "0123456789abcdef-secret"}))["ok"]
+        # The data plane wants the token too: frames without it are dropped and counted.
+        pub, sub = await node.publisher(), await node.subscriber_with_token("0123456789abcdef-secret")
+        video = make_video(5)
+        for i in range(5):
+            await send_frame(pub, "no-token", i, video[i])
+            await send_frame(pub, "with-token", i, video[i], token="0123456789abcdef-secret")
+        out = await recv_frames(sub, 5)
+        assert {h["stream"] for h, _ in out} == {"with-token"} and [h["seq"] for h, _ in out] == list(range(5))
+        assert (await node.metrics())["vidfx_frames_dropped_total{reason=unauthorized}"] == 5
 
 
 async def test_sigterm_during_warm_up_exits_zero_promptly():

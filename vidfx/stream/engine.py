@@ -134,8 +134,12 @@ class Engine:
         return self.pipeline.frames_per_chunk(first)
 
     def pending_bound(self, session: Session) -> int:
+        """Frames a session may hold before the oldest are dropped: `max_pending_chunks` chunks — plus, while
+        the stream's short first chunk is pending, that chunk (a burst at stream start is not an overload)."""
+        need = self.frames_needed(session)
         chunk = self.pipeline.frames_per_chunk(False)
-        return max(self.frames_needed(session), math.ceil(self.settings.stream.max_pending_chunks * chunk))
+        bound = math.ceil(self.settings.stream.max_pending_chunks * chunk)
+        return need + bound if need < chunk else max(need, bound)
 
     def wake(self) -> None:
         self._wake.set()
