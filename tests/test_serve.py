@@ -57,6 +57,7 @@ async def test_frames_in_order_same_envelope_then_idle_reclaimed():
         assert m["vidfx_frames_dropped_total{reason=overload}"] == 0
         assert m["vidfx_e2e_latency_seconds_count"] == 11 and m["vidfx_chunk_latency_seconds_count"] >= 4
         assert any(k.startswith("vidfx_build_info{") and "model=tiny-random" in k for k in m)
+
         # Idle for longer than the timeout: the session is reclaimed.
         async def gone() -> bool:
             return not (await node.control({"op": "status"}))["sessions"]
@@ -111,9 +112,7 @@ async def test_control_changes_output_and_two_prompts_stay_isolated():
     async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16") as node:
         pub, sub = await node.publisher(), await node.subscriber()
         # Reference: stream A alone with prompt P1.
-        assert (await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7}))[
-            "id"
-        ] == 7
+        assert (await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7}))["id"] == 7
         ref = [px for _, px in await stream_paced(pub, sub, "a", video)]
 
         # C (prompt P1, same frames) runs interleaved with B (prompt P2, other frames): C must equal A.
