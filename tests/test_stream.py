@@ -275,7 +275,7 @@ def test_rate_limiter_buckets():
 
 
 async def test_control_handler_on_a_live_engine(pipe):
-    settings = Settings(stream={"flush_after_s": 0.05, "max_sessions": 2})
+    settings = Settings(_env_file=None, stream={"flush_after_s": 0.05, "max_sessions": 2})
     engine = Engine(pipe, settings)
     settings.model.warmup_chunks = 0
     await engine.start()
@@ -297,7 +297,7 @@ async def test_control_handler_on_a_live_engine(pipe):
 
 
 async def test_engine_overload_drops_oldest_and_accounts_for_every_frame(pipe):
-    settings = Settings(stream={"flush_after_s": 0.05})
+    settings = Settings(_env_file=None, stream={"flush_after_s": 0.05})
     settings.model.warmup_chunks = 0
     engine = Engine(pipe, settings)
     await engine.start()

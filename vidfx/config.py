@@ -52,7 +52,7 @@ class StreamSettings(_Section):
     idle_timeout_s: float = Field(10.0, gt=0, description="close a session after this long without frames")
     max_sessions: int = Field(8, ge=1, description="concurrent sessions; frames of further streams are dropped")
     max_pending_chunks: float = Field(
-        1.0, ge=1.0, description="pending input bound, in chunks; older frames are dropped when exceeded"
+        1.0, ge=1.0, description="pending input bound in chunks (+ a stream's first chunk); oldest dropped beyond"
     )
     flush_after_s: float = Field(
         0.3, ge=0, description="process a partial chunk after this long without new frames (0 = never)"
