@@ -82,15 +82,16 @@ class NodeProcess:
 
     async def subscriber_with_token(self, token: str | None) -> zmq.asyncio.Socket:
         status = {"op": "status"} | ({"token": token} if token else {})
-        before = (await self.control(status)).get("output_subscribers", 0)
+        poller = self.dealer()  # its own identity: polling never eats into the test's control rate budget
+        before = (await self.control(status, sock=poller)).get("output_subscribers", 0)
         sub = self._track(self.ctx.socket(zmq.SUB))
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self.endpoints["output"])
         deadline = time.monotonic() + 10
-        while (await self.control(status)).get("output_subscribers", 0) <= before:
+        while (await self.control(status, sock=poller)).get("output_subscribers", 0) <= before:
             assert time.monotonic() < deadline, "the node never saw the subscription"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
         return sub
 
     def dealer(self) -> zmq.asyncio.Socket:
