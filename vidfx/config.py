@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vidfx.sampling import CAUSVID_STEPS
+
 ENV_PREFIX = "VIDFX_"
 ENV_NESTED = "__"
 
@@ -37,7 +39,7 @@ class ModelSettings(_Section):
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
-    steps: list[int] = Field([1000, 757, 522], description="few-step list on the 0..1000 grid (CausVid's)")
+    steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
     strength: float = Field(0.7, gt=0.0, le=1.0, description="default denoising strength (1 = ignore input)")
     seed: int = Field(0, ge=0, description="default noise seed of a new stream")
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")

@@ -50,18 +50,7 @@ class ChunkJob:
 
 
 def default_params(settings: Settings) -> StreamParams:
-    m, s = settings.model, settings.stream
-    return StreamParams(
-        prompts=((s.prompt, 1.0),),
-        transition_s=s.transition_s,
-        interpolation=s.interpolation,
-        strength=m.strength,
-        seed=m.seed,
-        steps=tuple(m.steps),
-        motion_aware=s.motion_aware,
-        motion_range=s.motion_range,
-        motion_ref=s.motion_ref,
-    )
+    return StreamParams.from_settings(settings.model, settings.stream)
 
 
 class Engine:
