@@ -44,8 +44,16 @@ def from_container(source: str, loop: bool, **options: str) -> Iterator[np.ndarr
             return
 
 
-def send_control(ctx: zmq.Context, address: str, msg: dict) -> dict:
-    sock = ctx.socket(zmq.DEALER)
+def curve_client(sock: zmq.Socket, server_key: str | None) -> zmq.Socket:
+    """Talk CURVE to a node started with a curve secret key (its public key is in its `ready` line)."""
+    if server_key:
+        sock.curve_serverkey = server_key.encode()
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    return sock
+
+
+def send_control(ctx: zmq.Context, address: str, msg: dict, server_key: str | None = None) -> dict:
+    sock = curve_client(ctx.socket(zmq.DEALER), server_key)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
     sock.send(msgpack.packb(msg))
@@ -64,6 +72,7 @@ def main() -> None:
     p.add_argument("--loop", action="store_true", help="restart the file at its end")
     p.add_argument("--input", default="tcp://127.0.0.1:5555", help="the node's input address")
     p.add_argument("--bind", action="store_true", help="bind instead of connect (node started with connect)")
+    p.add_argument("--curve-server-key", default=None, help="the node's CURVE public key, when it encrypts")
     p.add_argument("--control", default="tcp://127.0.0.1:5557", help="the node's control address")
     p.add_argument("--stream", default="demo")
     p.add_argument("--fps", type=float, default=30.0)
@@ -83,10 +92,10 @@ def main() -> None:
             msg["strength"] = args.strength
         if args.token:
             msg["token"] = args.token
-        print("control:", send_control(ctx, args.control, msg))
+        print("control:", send_control(ctx, args.control, msg, args.curve_server_key))
 
     # XPUB: wait for the node's subscription so the first frames are not lost to the PUB/SUB slow joiner.
-    pub = ctx.socket(zmq.XPUB)
+    pub = curve_client(ctx.socket(zmq.XPUB), args.curve_server_key)
     pub.setsockopt(zmq.SNDHWM, 8)  # a stalled node drops our oldest frames instead of buffering seconds
     (pub.bind if args.bind else pub.connect)(args.input)
     if not pub.poll(10_000):

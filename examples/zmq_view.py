@@ -68,6 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="tcp://127.0.0.1:5556", help="the node's output address")
     p.add_argument("--bind", action="store_true", help="bind instead of connect (node started with connect)")
+    p.add_argument("--curve-server-key", default=None, help="the node's CURVE public key, when it encrypts")
     p.add_argument("--stream", default=None, help="show only this stream id")
     p.add_argument("--out", default=None, help="write to this video file instead of a window")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the written file")
@@ -76,6 +77,9 @@ def main() -> None:
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    if args.curve_server_key:  # the node encrypts: be a CURVE client with a throwaway key pair
+        sub.curve_serverkey = args.curve_server_key.encode()
+        sub.curve_publickey, sub.curve_secretkey = zmq.curve_keypair()
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     (sub.bind if args.bind else sub.connect)(args.output)
     headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

@@ -94,8 +94,8 @@ class NodeProcess:
             await asyncio.sleep(0.05)
         return sub
 
-    def dealer(self) -> zmq.asyncio.Socket:
-        d = self._track(self.ctx.socket(zmq.DEALER))
+    def dealer(self, curve: bool = True) -> zmq.asyncio.Socket:
+        d = self._track(self.ctx.socket(zmq.DEALER), curve)
         d.connect(self.endpoints["control"])
         return d
 
@@ -122,8 +122,11 @@ class NodeProcess:
         async with aiohttp.ClientSession() as http, http.get(self.endpoints["http"] + path) as r:
             return r.status, await r.json()
 
-    def _track(self, s: zmq.asyncio.Socket) -> zmq.asyncio.Socket:
+    def _track(self, s: zmq.asyncio.Socket, curve: bool = True) -> zmq.asyncio.Socket:
         s.setsockopt(zmq.LINGER, 0)
+        if curve and "curve_public_key" in self.endpoints:  # the node encrypts: be a CURVE client
+            s.curve_serverkey = self.endpoints["curve_public_key"].encode()
+            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
         self._sockets.append(s)
         return s
 

@@ -8,6 +8,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from tests.serve_harness import make_video, recv_frame, recv_frames, running_node, send_frame
 
@@ -282,3 +283,20 @@ async def test_sigterm_during_warm_up_exits_zero_promptly():
         assert await node.terminate() == 0
         assert time.monotonic() - start < 15
         assert "ready" not in [e["event"] for e in node.events]
+
+
+async def test_curve_encrypts_every_socket_and_shuts_out_plain_clients():
+    secret = zmq.curve_keypair()[1].decode()
+    async with running_node(env={"VIDFX_ZMQ__CURVE_SECRET_KEY": secret}) as node:
+        assert node.endpoints["curve_public_key"] == zmq.curve_public(secret.encode()).decode()
+        pub, sub = await node.publisher(), await node.subscriber()  # CURVE clients (the harness's default)
+        video = make_video(5)
+        for i in range(5):
+            await send_frame(pub, "secret", i, video[i])
+        assert [h["seq"] for h, _ in await recv_frames(sub, 5)] == list(range(5))
+        plain = node.dealer(curve=False)
+        with pytest.raises(TimeoutError):
+            await node.control({"op": "status"}, sock=plain, timeout=1.0)
+    with pytest.raises(RuntimeError, match="Z85"):
+        async with running_node(env={"VIDFX_ZMQ__CURVE_SECRET_KEY": "not-a-key"}):
+            pass

@@ -74,6 +74,9 @@ class ZmqSettings(_Section):
     output: str = Field("tcp://127.0.0.1:5556", description="output PUB address")
     output_bind: bool = Field(True, description="bind the output address (else connect)")
     control: str = Field("tcp://127.0.0.1:5557", description="control ROUTER address (always bound)")
+    curve_secret_key: SecretStr | None = Field(
+        None, description="Z85 CURVE secret key: encrypt every ZeroMQ socket (clients need its public key)"
+    )
     rcvhwm: int = Field(16, ge=1, description="input receive high-water mark, messages")
     sndhwm: int = Field(64, ge=1, description="output send high-water mark, messages")
 

@@ -28,7 +28,7 @@ from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics
 from vidfx.transport.http import build_app
-from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane
+from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane, curve_public_key
 
 log = logging.getLogger("vidfx.node")
 
@@ -48,6 +48,10 @@ def required_token(settings: Settings) -> str | None:
         raise ConfigError(f"{', '.join(exposed)} reach beyond loopback: set a token (--token or VIDFX_TOKEN)")
     if token is not None and len(token) < 16:
         raise ConfigError("the token must be at least 16 characters")
+    try:
+        curve_public_key(settings)
+    except (ValueError, zmq.ZMQError) as exc:
+        raise ConfigError(f"zmq.curve_secret_key is not a Z85 CURVE secret key ({exc})") from None
     return token if exposed else None
 
 
@@ -87,6 +91,8 @@ class Node:
         self.endpoints.update(
             input=self.data.input_endpoint, output=self.data.output_endpoint, control=self.control.endpoint
         )
+        if (public := curve_public_key(s)) is not None:
+            self.endpoints["curve_public_key"] = public
         await self.engine.start()
         self._tasks = [asyncio.create_task(self.data.run(), name="vidfx-zmq-data"),
                        asyncio.create_task(self.control.run(), name="vidfx-zmq-control")]  # fmt: skip

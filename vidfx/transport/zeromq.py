@@ -34,6 +34,21 @@ log = logging.getLogger("vidfx.zmq")
 _DRAIN_MAX = 1024  # messages handled per wake-up before yielding to the rest of the loop
 
 
+def curve_public_key(settings: Settings) -> str | None:
+    """The Z85 public key clients need (`socket.curve_serverkey`), when CURVE is on."""
+    key = settings.zmq.curve_secret_key
+    return zmq.curve_public(key.get_secret_value().encode()).decode() if key else None
+
+
+def _secure(sock: zmq.asyncio.Socket, settings: Settings) -> None:
+    """CURVE server role (independent of bind/connect): traffic is encrypted, and only clients that know the
+    node's public key can talk to it."""
+    key = settings.zmq.curve_secret_key
+    if key is not None:
+        sock.curve_secretkey = key.get_secret_value().encode()
+        sock.curve_server = True
+
+
 def _open(sock: zmq.asyncio.Socket, address: str, bind: bool) -> str:
     """Bind or connect; returns the endpoint actually used (a bound `*` port is resolved)."""
     if bind:
@@ -59,6 +74,8 @@ class ZmqDataPlane:
         self.output.setsockopt(zmq.SNDHWM, z.sndhwm)
         self.output.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, so subscribers can be counted
         self.output.setsockopt(zmq.LINGER, 0)
+        _secure(self.input, settings)
+        _secure(self.output, settings)
         self.input_endpoint = _open(self.input, z.input, z.input_bind)
         self.output_endpoint = _open(self.output, z.output, z.output_bind)
         self.subscribers = 0
@@ -144,6 +161,7 @@ class ZmqControl:
         self.socket.setsockopt(zmq.RCVHWM, 256)
         self.socket.setsockopt(zmq.SNDHWM, 256)
         self.socket.setsockopt(zmq.LINGER, 0)
+        _secure(self.socket, settings)
         self.endpoint = _open(self.socket, settings.zmq.control, bind=True)
 
     async def run(self) -> None:
