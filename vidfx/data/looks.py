@@ -267,13 +267,14 @@ def comic(x: torch.Tensor, seed: int) -> torch.Tensor:
     fx = torch.remainder(xx + yy, period) / period - 0.5
     fy = torch.remainder(xx - yy, period) / period - 0.5
     dist = torch.sqrt(fx**2 + fy**2)
-    dot_r = 0.15 + 0.4 * smoothstep(0.8, 0.2, lum)
-    dots = smoothstep(0.05, -0.05, dist - dot_r) * smoothstep(0.9, 0.7, lum)
+    # Ben-Day dots: small in the lights (even a blank sky gets a screen), large in the shadows.
+    dot_r = 0.2 + 0.35 * smoothstep(0.8, 0.2, lum)
+    dots = smoothstep(0.05, -0.05, dist - dot_r)
     # Ink along the strong tone edges only, thickened.
     edges = sobel(gaussian_blur(lum, _px(x, 1.5)))
     width = max(1, int(round(_px(x, 1))))
     ink = F.max_pool2d(smoothstep(0.08, 0.15, edges), 2 * width + 1, stride=1, padding=width)
-    out = flat * (1 - 0.55 * dots)
+    out = flat * (1 - 0.45 * dots)
     return out * (1 - ink) + 0.03 * ink
 
 
