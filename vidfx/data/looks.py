@@ -333,7 +333,7 @@ LOOKS: dict[str, Look] = {
         "pop art comic with halftone dots", "cel-shaded comic cartoon", "comic book illustration",
     )),
     "night_vision": Look(night_vision, (
-        "night vision", "green night vision goggles", "seen through night vision",
+        "night vision", "night vision footage", "seen through green night vision goggles",
         "a military night vision camera", "image intensifier night vision", "green phosphor night vision",
     )),
 }  # fmt: skip
@@ -616,17 +616,21 @@ def contact_sheet(
     num_clips: int = 4,
     size: tuple[int, int] = (128, 128),
     num_frames: int = 17,
+    indices: Sequence[int] | None = None,
+    dpi: int = 100,
 ) -> Path:
-    """A PNG grid: one row per clip (middle frame), the source then each look; the last row shows one clip's
-    first, middle and last frame in the source and two looks, so the motion can be seen."""
+    """A PNG grid for people to look at: one row per clip (its middle frame), the source then each look.
+    Rows are clips `indices` of the stream of `seed` (default: the first `num_clips`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clips = list(iter_clips(seed, num_frames, size, num_clips=num_clips))
+    indices = list(range(num_clips)) if indices is None else list(indices)
+    clips = [make_clip(seed, i, num_frames, size) for i in indices]
     cols = ["source", *LOOKS]
-    fig, axes = plt.subplots(num_clips, len(cols), figsize=(1.3 * len(cols), 1.45 * num_clips), squeeze=False)
+    rows = len(clips)
+    fig, axes = plt.subplots(rows, len(cols), figsize=(1.3 * len(cols), 1.35 * rows + 0.35), squeeze=False)
     mid = num_frames // 2
     for r, clip in enumerate(clips):
         for c, name in enumerate(cols):
@@ -638,10 +642,10 @@ def contact_sheet(
             if r == 0:
                 ax.set_title(name.replace("_", " "), fontsize=8)
         axes[r][0].set_ylabel(f"clip {clip.index}", fontsize=7)
-    fig.suptitle(f"vidfx looks (seed {seed}, frame {mid} of {num_frames})", fontsize=9)
-    fig.tight_layout(pad=0.3)
+    fig.suptitle(f"vidfx looks: seed {seed}, frame {mid} of {num_frames}", fontsize=9)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / (1.35 * rows + 0.35)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
