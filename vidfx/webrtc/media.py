@@ -16,6 +16,7 @@ pixel conversion runs on a small thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import logging
 import time
@@ -61,7 +62,7 @@ def rgb_to_frame(pixels: np.ndarray, pts_us: int) -> VideoFrame:
     if h % 2 or w % 2:
         pixels = pixels[: h // 2 * 2, : w // 2 * 2]
     frame = VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-    frame.pts = pts_us * VIDEO_CLOCK // 1_000_000
+    frame.pts = round(pts_us * VIDEO_CLOCK / 1_000_000)  # round trips exactly with frame_pts_us
     frame.time_base = VIDEO_TIME_BASE
     return frame
 
@@ -69,7 +70,7 @@ def rgb_to_frame(pixels: np.ndarray, pts_us: int) -> VideoFrame:
 def frame_pts_us(frame: VideoFrame) -> int | None:
     if frame.pts is None or frame.time_base is None:
         return None
-    return int(frame.pts * frame.time_base * 1_000_000)
+    return round(frame.pts * frame.time_base * 1_000_000)
 
 
 # -- rates and latencies for the stats message ----------------------------------------------------------------------
@@ -177,10 +178,8 @@ class IngestPump:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # failures were logged by the task
                 await task
-            except (asyncio.CancelledError, Exception):  # a failed task has already been logged by its owner
-                pass
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
