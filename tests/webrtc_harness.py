@@ -246,7 +246,10 @@ async def whip_exchange(
     headers = {"Content-Type": content_type}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as http, http.post(base + path, data=pc.localDescription.sdp, headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base + path, data=pc.localDescription.sdp, headers=headers) as r,
+    ):
         return r.status, r.headers.copy(), await r.text()
 
 
