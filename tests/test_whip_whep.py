@@ -143,7 +143,7 @@ async def test_token_required_beyond_loopback() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFX_")}
     env["PYTHONPATH"] = str(REPO)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *"-m vidfx.cli serve --http-host 0.0.0.0 --http-port 0".split(),
+        sys.executable, *["-m", "vidfx.cli", "serve", "--http-host", "0.0.0.0", "--http-port", "0"],
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO / "tests"),
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
