@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ class WebRTCGateway:
         self.relay = MediaRelay()
         self.peers: dict[str, Peer] = {}
         self.outputs: dict[str, StreamOutput] = {}
-        self.closed_peers = 0  # peers ended so far (any reason), for tests and status
+        self.closed_peers = 0  # peers ended so far (any reason)
+        self.recent_closes: deque[dict[str, Any]] = deque(maxlen=16)  # why the last peers ended (status)
         self._closing = False
         self._on_close: list[Callable[[Peer], None]] = []
         self._gauge: Gauge | None = None
@@ -233,6 +235,7 @@ class WebRTCGateway:
             "max_peers": self.cfg.max_peers,
             "max_viewers": self.cfg.max_viewers,
             "closed_peers": self.closed_peers,
+            "recent_closes": list(self.recent_closes),
             "outputs": {s: {"frames_sent": o.frames_sent, "dropped": o.dropped} for s, o in self.outputs.items()},
         }
 
@@ -508,6 +511,10 @@ class WebRTCGateway:
         peer.close_reason = reason
         self.peers.pop(peer.id, None)
         self.closed_peers += 1
+        self.recent_closes.append(
+            {"id": peer.id, "role": peer.role, "stream": peer.stream, "reason": reason,
+             "after_s": round(time.monotonic() - peer.created, 3)}
+        )  # fmt: skip
         self._update_gauge()
         if self._ended is not None:
             self._ended.labels(reason.split(" ")[0]).inc()
