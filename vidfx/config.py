@@ -78,7 +78,7 @@ class HttpSettings(_Section):
 
 
 class WebRTCSettings(_Section):
-    enabled: bool = Field(True, description="serve the page (/), /offer, WHIP (/whip) and WHEP (/whep) on the HTTP port")
+    enabled: bool = Field(True, description="serve the page (/), /offer, WHIP and WHEP on the HTTP port")
     ice_servers: list[str] = Field(
         [], description="STUN/TURN URLs for ICE (stun:host:port, turn:host:port?transport=udp, turns:…)"
     )
