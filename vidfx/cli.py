@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
     "serve": ("run the streaming node (ZeroMQ frames + control, /healthz /readyz /metrics)", "vidfx.commands.serve"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
+    "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
 }
 
 

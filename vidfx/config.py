@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import types
 import typing
 from typing import Any, Literal
@@ -30,6 +31,9 @@ class ModelSettings(_Section):
     name: str = Field("tiny-random", description="model: a name (tiny-random, default) or a weights folder")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
+    fit: Literal["cover", "contain", "stretch"] = Field(
+        "cover", description="input size → model size: crop to aspect, letterbox, or stretch (vidfx.frames)"
+    )
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
@@ -39,7 +43,7 @@ class ModelSettings(_Section):
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores but one, for the I/O loop)")
     max_batch: int = Field(4, ge=1, le=64, description="sessions' chunks batched into one DiT forward")
     warmup_chunks: int = Field(2, ge=0, le=16, description="chunks run on a dummy stream before ready")
 
@@ -196,6 +200,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         elif dest in Settings.model_fields:
             overrides[dest] = value
     return Settings(_env_file=getattr(args, "env_file", ".env"), **overrides)  # type: ignore[call-arg]
+
+
+def resolve_threads(threads: int) -> int:
+    """Torch intra-op threads for `threads` (0 = auto). Auto leaves one core to the event loop: on a small CPU
+    a worker spinning on every core starves the loop that feeds it, and throughput collapses under load."""
+    if threads > 0:
+        return threads
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 # -- address checks --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ once. Events are JSON lines on stdout (for scripts and tests); logs go to stderr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import torch
 import zmq.asyncio
 from aiohttp import web
 
-from vidfx.config import Settings, is_loopback_address
+from vidfx.config import Settings, is_loopback_address, resolve_threads
 from vidfx.pipeline import load_pipeline
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
@@ -78,8 +79,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        if s.model.threads:
-            torch.set_num_threads(s.model.threads)
+        torch.set_num_threads(resolve_threads(s.model.threads))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.http.host, s.http.port)
@@ -107,10 +107,8 @@ class Node:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self.webrtc is not None:
             await self.webrtc.close()  # peers first: their sessions close while the engine still runs
         if self.engine is not None:
@@ -149,10 +147,8 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     if not start.done():
         start.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await start
-        except asyncio.CancelledError:
-            pass
     await node.stop()
     emit_event("stopped")
     return 0

@@ -24,10 +24,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.config import ModelSettings
+from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 from vidfx.model.wan_dit import CausalDiT, DiTConfig
@@ -125,7 +125,9 @@ class PromptSchedule:
         self.duration_us = 0
         self.mode: Literal["linear", "slerp"] = mode
 
-    def retarget(self, embedding: torch.Tensor, now_us: int, duration_s: float, mode: Literal["linear", "slerp"]) -> None:
+    def retarget(
+        self, embedding: torch.Tensor, now_us: int, duration_s: float, mode: Literal["linear", "slerp"]
+    ) -> None:
         self.source = self.at(now_us)
         self.target = embedding
         self.start_us = now_us
@@ -173,10 +175,13 @@ class StreamState:
         return self.encoder.cache.at_start
 
     def reset(self) -> None:
+        """Start over as a fresh stream with the current parameters would: same seed, prompt settled."""
         self.encoder.reset()
         self.decoder.reset()
         self.kv.reset()
         self.motion.reset()
+        self.generator.manual_seed(self.params.seed)
+        self.prompt = PromptSchedule(self.prompt.target, self.params.interpolation)
 
 
 @dataclass
@@ -192,7 +197,7 @@ class _Prepared:
     """A chunk between encode and decode."""
 
     request: ChunkRequest
-    size: tuple[int, int]  # input (H, W)
+    geometry: FrameGeometry  # input size ↔ model size
     x: torch.Tensor  # (1, C, n, h, w) noised to sigmas[0]
     sigmas: list[float]
     x0: torch.Tensor | None = None
@@ -237,6 +242,10 @@ class StylePipeline:
     @property
     def device(self) -> torch.device:
         return self.dit.patch_embedding.weight.device
+
+    def geometry(self, camera: tuple[int, int]) -> FrameGeometry:
+        """How frames of `camera` (H, W) map to the model resolution and back (`ModelSettings.fit`)."""
+        return FrameGeometry(camera, (self.settings.height, self.settings.width), Fit(self.settings.fit))
 
     # -- streams -------------------------------------------------------------------------------------------
     def embed(self, prompts: Sequence[tuple[str, float]]) -> torch.Tensor:
@@ -303,7 +312,8 @@ class StylePipeline:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] != expected:
             raise ValueError(f"expected uint8 frames ({expected}, H, W, 3), got {frames.dtype} {frames.shape}")
         self._apply(st, request.params, request.pts_us)
-        pixels = to_model(frames, (self.settings.height, self.settings.width), self.device)
+        geometry = self.geometry((frames.shape[1], frames.shape[2]))
+        pixels = frames_to_tensor(frames, geometry=geometry, device=self.device)  # (1, 3, T, h, w)
         z = st.encoder.encode(pixels).float()  # (1, C, n, h, w)
         strength = request.params.strength
         if request.params.motion_aware:
@@ -311,14 +321,14 @@ class StylePipeline:
         st.last_strength = strength
         sigmas = chunk_sigmas(request.params.steps, strength)
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
-        return _Prepared(request, (frames.shape[1], frames.shape[2]), noise_to(z, noise, sigmas[0]), sigmas)
+        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas)
 
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
         st = p.request.state
         pixels = st.decoder.decode(p.x0.to(self.autoencoder.param_dtype))  # (1, 3, T, h, w) in [-1, 1]
         st.chunks += 1
-        return from_model(pixels, p.size)
+        return tensor_to_rgb(pixels.float(), p.geometry)
 
     def _denoise_batch(self, group: list[_Prepared]) -> None:
         """Few-step denoise + cache write of B streams' chunks in one forward per step.
@@ -349,8 +359,9 @@ class StylePipeline:
         )
 
         def fresh_noise(like: torch.Tensor) -> torch.Tensor:
+            shape = like[:1].shape
             return torch.cat(
-                [torch.randn(like[:1].shape, generator=st.generator, device=like.device, dtype=like.dtype) for st in states]
+                [torch.randn(shape, generator=st.generator, device=like.device, dtype=like.dtype) for st in states]
             )
 
         sigmas = group[0].sigmas
@@ -382,26 +393,6 @@ class StylePipeline:
             self.process_chunk(state, frames)
 
 
-# -- pixels ↔ model tensors --------------------------------------------------------------------------------------
-
-
-def to_model(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """uint8 (T, H, W, 3) → (1, 3, T, h, w) in [-1, 1] at the model resolution (stretched, antialiased)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return (x / 127.5 - 1.0).transpose(0, 1)[None]  # (1, 3, T, h, w)
-
-
-def from_model(pixels: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(1, 3, T, h, w) in [-1, 1] → uint8 (T, H, W, 3) at `size` (H, W)."""
-    x = pixels[0].transpose(0, 1).float()  # (T, 3, h, w)
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    x = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (T, H, W, 3)
-
-
 # -- loading ---------------------------------------------------------------------------------------------------
 
 
@@ -415,10 +406,16 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
     try:
         cfg = DiTConfig.preset("tiny")
         dit = CausalDiT(cfg)
-        # Wan zero-initialises the output head (a trained model overwrites it); random weights need a live head
-        # or the velocity is 0 and prompts could not change the output.
-        torch.nn.init.normal_(dit.head.head.weight, std=0.02)
+        # Wan zero-initialises the output head and gives the text MLP tiny weights (training moves both); an
+        # untrained stand-in needs them live, or the velocity ignores the prompt and the output the steering.
+        for layer in (dit.head.head, dit.text_embedding[0], dit.text_embedding[2]):
+            torch.nn.init.xavier_uniform_(layer.weight)
         ae = TinyAutoencoder(TinyAEConfig(latent_channels=cfg.in_dim))
+        # PyTorch's default init shrinks the signal layer by layer: the decoded frames would be a flat grey
+        # whatever the latents. Variance-preserving weights keep the output sensitive to what the DiT does.
+        for m in ae.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
         text = HashTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
     finally:
         torch.random.set_rng_state(gen_state)
@@ -426,30 +423,26 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
 
 
 def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
-    """A weights folder: `model.json` ({"dit": DiTConfig fields, "autoencoder": {"kind", "config"},
-    "text": {"kind": "hash", "config"}}), `dit.safetensors` and `autoencoder.safetensors`."""
-    from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
+    """A weights folder: `model.json` ({"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}}}),
+    `dit.safetensors` and `autoencoder.safetensors` (any autoencoder `load_autoencoder` reads)."""
+    from vidfx.autoencoder.loading import load_autoencoder
     from vidfx.text.small import HashTextEncoder
 
     meta_path = folder / "model.json"
     if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: no model.json (a weights folder needs model.json + *.safetensors)")
+        raise CheckpointError(f"{folder}: no model.json (a weights folder holds model.json + *.safetensors)")
     meta = json.loads(meta_path.read_text())
-    dit_cfg = meta.get("dit", {})
+    dit_cfg = dict(meta.get("dit", {}))
     if "patch_size" in dit_cfg:
         dit_cfg["patch_size"] = tuple(dit_cfg["patch_size"])
     dit = CausalDiT(DiTConfig(**dit_cfg))
     load_into(dit, load_state_dict(folder / "dit.safetensors"), str(folder / "dit.safetensors"))
-    ae_meta = meta.get("autoencoder", {"kind": "tiny", "config": {}})
-    if ae_meta.get("kind") != "tiny":
-        raise CheckpointError(f"{folder}: autoencoder kind {ae_meta.get('kind')!r} is not supported here yet")
-    ae = TinyAutoencoder(TinyAEConfig(**ae_meta.get("config", {})))
-    load_into(ae, load_state_dict(folder / "autoencoder.safetensors"), str(folder / "autoencoder.safetensors"))
+    ae = load_autoencoder(folder / "autoencoder.safetensors")
     text_meta = meta.get("text", {"kind": "hash", "config": {}})
     if text_meta.get("kind") != "hash":
         raise CheckpointError(f"{folder}: text encoder kind {text_meta.get('kind')!r} is not supported here yet")
-    text = HashTextEncoder(**text_meta.get("config", {"text_dim": dit.cfg.text_dim, "max_tokens": dit.cfg.text_len}))
-    return dit, ae, text
+    text_cfg = {"text_dim": dit.cfg.text_dim, "max_tokens": dit.cfg.text_len, **text_meta.get("config", {})}
+    return dit, ae, HashTextEncoder(**text_cfg)
 
 
 def load_pipeline(settings: ModelSettings) -> StylePipeline:

@@ -149,7 +149,8 @@ class SetOp(_StreamOp):
         if self.prompts is not None and sum(p.weight for p in self.prompts) <= 0:
             raise ValueError("prompt weights must not all be zero")
         if self.steps is not None and (
-            any(not 0 < s <= 1000 for s in self.steps) or any(a <= b for a, b in zip(self.steps, self.steps[1:]))
+            any(not 0 < s <= 1000 for s in self.steps)
+            or any(a <= b for a, b in zip(self.steps, self.steps[1:], strict=False))
         ):
             raise ValueError("steps must be strictly decreasing integers in (0, 1000]")
         changes = self.model_fields_set - {"op", "stream", "id", "token"}

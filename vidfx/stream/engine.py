@@ -14,6 +14,7 @@ one model call in progress plus its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -75,6 +76,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.transport_status: dict[str, Any] = {}  # what transports report in `status` (e.g. subscribers)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,10 +97,8 @@ class Engine:
             if task.get_name() == "vidfx-reaper":
                 task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         for sid in list(self.sessions):
             self.close_session(sid)
         self._worker.shutdown(wait=True)
@@ -157,6 +157,7 @@ class Engine:
             "dropped": self.metrics.dropped(),
             "frames_per_chunk": [self.pipeline.frames_per_chunk(True), self.pipeline.frames_per_chunk(False)],
             "resolution": [self.settings.model.width, self.settings.model.height],
+            **self.transport_status,
         }
 
     # -- scheduling -------------------------------------------------------------------------------------------
@@ -197,10 +198,8 @@ class Engine:
             self._update_depth()
             if not jobs:
                 timeout = None if next_due is None else max(next_due - time.monotonic(), 0.001)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
                 continue
             started = time.monotonic()

@@ -48,7 +48,9 @@ class Metrics:
         )
         self.sessions = Gauge("vidfx_sessions", "Open sessions", registry=r)
         self.queue_depth = Gauge("vidfx_queue_depth", "Input frames waiting for the model, all sessions", registry=r)
-        self.control = Counter("vidfx_control_messages", "Control messages, by op and result", ["op", "result"], registry=r)
+        self.control = Counter(
+            "vidfx_control_messages", "Control messages, by op and result", ["op", "result"], registry=r
+        )
         self.output_subscribers = Gauge("vidfx_output_subscribers", "Subscribers on the output socket", registry=r)
         self.build = Info("vidfx_build", "Build information", registry=r)
         self.build.info(

@@ -124,6 +124,7 @@ class ZmqDataPlane:
             elif msg[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
             self.engine.metrics.output_subscribers.set(self.subscribers)
+            self.engine.transport_status["output_subscribers"] = self.subscribers
 
     def _warn_once(self, kind: str, message: str) -> None:
         level = logging.DEBUG if kind in self._warned else logging.WARNING
