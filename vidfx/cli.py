@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("run the streaming node (ZeroMQ frames + control, /healthz /readyz /metrics)", "vidfx.commands.serve"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
+    "obs-bridge": ("a stream's stylised output as a virtual camera (OBS, video calls)", "vidfx.commands.obs_bridge"),
 }
 
 
