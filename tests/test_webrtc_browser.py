@@ -163,6 +163,19 @@ async def test_page_in_headless_chromium() -> None:
                 shot = ARTIFACTS / "webrtc_page.png"
                 assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
+                # The same stream in a second tab through the WHEP viewer page (what an OBS Browser Source loads).
+                page_tab = driver.current_window_handle
+                driver.switch_to.new_window("tab")
+                await asyncio.to_thread(driver.get, f"{node.url}/watch/{stream}")
+                watched = """const v = document.getElementById('video');
+                             return v.videoWidth ? v.getVideoPlaybackQuality().totalVideoFrames : 0;"""
+                await _until(lambda: driver.execute_script(watched) > 10, 30, "frames in the WHEP viewer page")
+                st = await node.status()
+                assert st["viewers"] == 1 and st["publishers"] == 1
+                driver.close()
+                driver.switch_to.window(page_tab)
+                await node.wait_for(lambda st: st["viewers"] == 0, 10, "viewer tab closed")
+
                 driver.find_element(By.ID, "stop").click()
                 await node.wait_for(lambda st: st["publishers"] == 0, 5, "publisher freed after Stop")
             finally:

@@ -40,7 +40,7 @@ async def test_whip_publish_whep_view_delete() -> None:
         # Stylised, not the publisher's frames echoed: the stamped counters do not read back.
         assert sum(c is not None for c in viewer.rx.counters(3)) < 0.3 * len(viewer.rx.counters(3))
 
-        # A second viewer shares the same source (MediaRelay).
+        # A second viewer of the same stream (each gets its own frames from the one shared output).
         viewer2 = await whep_view(node.url, "cam1")
         assert viewer2.status == 201
         await wait_frames(viewer2.rx, 5, timeout=20)

@@ -43,6 +43,12 @@ class Node:
     def url(self) -> str:
         return self.endpoints["http"]
 
+    def crashed(self) -> str:
+        """'' while the node runs; its exit code and last log lines once it has died (for failure messages)."""
+        if self.proc.returncode is None:
+            return ""
+        return f"node exited with {self.proc.returncode}:\n" + "".join(self.stderr[-30:])
+
     async def wait_event(self, name: str, timeout: float = 90.0) -> dict[str, Any]:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -63,9 +69,13 @@ class Node:
 
     async def status(self, token: str | None = None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as http, http.get(self.url + "/webrtc/status", headers=headers) as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
+        try:
+            async with aiohttp.ClientSession() as http, http.get(self.url + "/webrtc/status", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                return await r.json()
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.2)  # let the exit code arrive
+            raise AssertionError(self.crashed() or "the node stopped answering") from None
 
     async def wait_for(self, predicate: Any, timeout: float, what: str, token: str | None = None) -> float:
         """Poll /webrtc/status until predicate(status) holds; returns the seconds it took."""

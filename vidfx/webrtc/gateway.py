@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcicetransport import parse_stun_turn_uri
 from prometheus_client import Counter, Gauge
@@ -176,7 +175,6 @@ class WebRTCGateway:
         self.engine: Engine | None = None
         self.control: ControlHandler | None = None
         self.pool = ThreadPoolExecutor(self.cfg.convert_threads, thread_name_prefix="vidfx-webrtc")
-        self.relay = MediaRelay()
         self.peers: dict[str, Peer] = {}
         self.outputs: dict[str, StreamOutput] = {}
         self.closed_peers = 0  # peers ended so far (any reason)
@@ -324,7 +322,7 @@ class WebRTCGateway:
                 # The page offers sendrecv and gets the stylised video back on the same m-line; WHIP offers
                 # sendonly and gets nothing back.
                 if via == "offer" and direction == "sendrecv":
-                    peer.pc.addTrack(self.relay.subscribe(output.track, buffered=False))
+                    peer.pc.addTrack(output.subscribe())
 
             await self._answer(peer, offer, return_video)
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer_id[:8]}"))
@@ -349,9 +347,7 @@ class WebRTCGateway:
         try:
             output = self._output_for(name)
             peer.pc.on("connectionstatechange", lambda: self._on_state(peer))
-            await self._answer(
-                peer, offer, lambda: peer.pc.addTrack(self.relay.subscribe(output.track, buffered=False))
-            )
+            await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
         except BaseException:
             await self.close_peer(peer, "signalling failed")
@@ -369,7 +365,7 @@ class WebRTCGateway:
     def _output_for(self, stream: str) -> StreamOutput:
         """The stream's shared output, tapping the session when someone else (ZeroMQ) feeds it."""
         out = self.outputs.get(stream)
-        if out is not None and not out.slot.closed:
+        if out is not None and not out.closed:
             return out
         out = StreamOutput(stream, self.pool)
         self.outputs[stream] = out
@@ -498,7 +494,7 @@ class WebRTCGateway:
                     return
             elif peer.role == "viewer":
                 out = self.outputs.get(peer.stream)
-                if out is None or out.slot.closed or self.engine is None or self.engine.session(peer.stream) is None:
+                if out is None or out.closed or self.engine is None or self.engine.session(peer.stream) is None:
                     asyncio.ensure_future(self.close_peer(peer, "the stream ended"))
                     return
 

@@ -1,6 +1,7 @@
 """HTTP side of WebRTC on the node's aiohttp app: the page, `/offer` (JSON, for the page), WHIP and WHEP.
 
     GET  /                          the page (vidfx/web/), and its assets under /static/
+    GET  /watch/{stream}            a full-window WHEP viewer of one stream (e.g. an OBS Browser Source)
     GET  /config.json               looks, defaults and whether a token is needed (ICE servers once authorised)
     POST /offer                     {"sdp", "type": "offer", "stream"?} → {"sdp", "type": "answer", "peer", "stream"}
     DELETE /offer/{peer}            hang up
@@ -65,6 +66,13 @@ async def page(request: web.Request) -> web.Response:
     body = _web_file("index.html")
     if body is None:
         raise web.HTTPNotFound(text="the page is not installed (vidfx/web/index.html missing)")
+    return web.Response(body=body, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+async def watch(request: web.Request) -> web.Response:
+    body = _web_file("watch.html")
+    if body is None:
+        raise web.HTTPNotFound(text="the viewer page is not installed (vidfx/web/watch.html missing)")
     return web.Response(body=body, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
@@ -237,6 +245,7 @@ def add_webrtc_routes(app: web.Application, settings: Settings, engine: Engine |
     app[GATEWAY_KEY] = gw
     r = app.router
     r.add_get("/", page)
+    r.add_get("/watch/{stream}", watch)
     r.add_get("/static/{name}", static)
     r.add_get("/config.json", config)
     r.add_post("/offer", offer)

@@ -219,41 +219,48 @@ class PlayoutClock:
 
 
 class OutputTrack(MediaStreamTrack):
-    """The newest stylised frame of a stream each time an encoder (or MediaRelay) pulls; pts follow the input
-    frame's pts on the 90 kHz clock. Ends (MediaStreamError) when the stream closes."""
+    """One consumer's view of a stream's stylised output: the newest released frame each time its encoder pulls
+    (a size-1 drop-oldest slot of its own), as a VideoFrame of its own, with the input frame's pts on the 90 kHz
+    clock. Ends (MediaStreamError) when the stream closes; `stop()` unsubscribes."""
 
     kind = "video"
 
     def __init__(self, output: StreamOutput) -> None:
         super().__init__()
         self._output = output
+        self.slot: LatestSlot[OutputFrame] = LatestSlot()
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
         try:
-            item = await self._output.slot.get()
+            item = await self.slot.get()
         except HandoffClosed:
             self.stop()
             raise MediaStreamError from None
         loop = asyncio.get_running_loop()
-        frame = await loop.run_in_executor(self._output.pool, rgb_to_frame, item.pixels, item.pts_us)
-        self._output.sent(item)
-        return frame
+        return await loop.run_in_executor(self._output.pool, rgb_to_frame, item.pixels, item.pts_us)
+
+    def stop(self) -> None:
+        super().stop()
+        self._output.subscribers.discard(self)
 
 
 class StreamOutput:
-    """One stream's stylised frames as a track source, shared by the publisher's own return track and any WHEP
-    viewers through one MediaRelay subscription each.
+    """One stream's stylised frames for every consumer: the page's own return video and WHEP viewers.
 
-        session sink/tap ─push─▶ play-out queue ─(paced by pts)─▶ LatestSlot ─recv─▶ encoder(s)
+        session sink/tap ─push─▶ play-out queue ─(paced by pts)─▶ one LatestSlot per OutputTrack ─▶ its encoder
 
     The play-out queue only spreads a chunk's frames over their frame intervals and is bounded (`max_queue`
-    frames, oldest dropped); the size-1 slot after it drops the older frame when the encoder falls behind.
+    frames, oldest dropped); each subscriber's size-1 slot drops the older frame when its encoder falls behind.
+    Why not aiortc's MediaRelay: it hands one VideoFrame object to every consumer, and PyAV encoders running in
+    different threads then convert and re-time that one frame concurrently (a shared swscale context: the node
+    segfaulted with a browser and a WHEP viewer on one stream). Here every consumer converts its own frame from
+    the shared, read-only pixels.
 
-    Lifecycle: created (and its pacer task started) when the first consumer needs it; `push` (the session's sink
-    or tap, on the event loop) queues a frame; `close` stops the pacer and ends the track, which ends every
-    relayed copy."""
+    Lifecycle: created (its pacer task started) when the first consumer needs it; `subscribe` adds a track;
+    `push` (the session's sink or tap, on the event loop) queues a frame; `close` stops the pacer and ends every
+    subscriber's track."""
 
     def __init__(self, stream: str, pool: Executor, max_queue: int = 16) -> None:
         self.stream = stream
@@ -261,17 +268,25 @@ class StreamOutput:
         self.max_queue = max_queue
         self.queue: deque[OutputFrame] = deque()
         self.clock = PlayoutClock()
-        self.slot: LatestSlot[OutputFrame] = LatestSlot()
-        self.track = OutputTrack(self)
+        self.subscribers: set[OutputTrack] = set()
+        self.closed = False
         self.frames_sent = 0
         self.queue_dropped = 0
         self.rate = RateWindow()
-        self.latency = RateWindow()  # node latency in ms: frame submitted → handed to the encoder
+        self.latency = RateWindow()  # node latency in ms: frame submitted → released to the encoders
         self._wake = asyncio.Event()
         self._pacer = asyncio.create_task(self._pace(), name=f"vidfx-pace-{stream}")
 
+    def subscribe(self) -> OutputTrack:
+        track = OutputTrack(self)
+        if self.closed:
+            track.slot.close()
+        else:
+            self.subscribers.add(track)
+        return track
+
     def push(self, frame: OutputFrame) -> None:
-        if self.slot.closed:
+        if self.closed:
             return
         self.clock.arrive(frame.pts_us / 1e6, time.monotonic(), burst_start=not self.queue)
         self.queue.append(frame)
@@ -289,19 +304,25 @@ class StreamOutput:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue  # the head may have been dropped meanwhile
-            self.slot.put(self.queue.popleft())
+            self._release(self.queue.popleft())
 
-    def sent(self, frame: OutputFrame) -> None:
+    def _release(self, frame: OutputFrame) -> None:
         now = time.monotonic()
         self.frames_sent += 1
         self.rate.add(now=now)
         self.latency.add(1000.0 * (now - frame.received), now=now)
+        for track in self.subscribers:
+            track.slot.put(frame)
 
     @property
     def dropped(self) -> int:
-        return self.slot.dropped + self.queue_dropped
+        """Frames dropped on the way out: play-out overflow plus the slowest consumer's slot drops."""
+        return self.queue_dropped + max((t.slot.dropped for t in self.subscribers), default=0)
 
     def close(self) -> None:
+        self.closed = True
         self._pacer.cancel()
         self.queue.clear()
-        self.slot.close()
+        for track in list(self.subscribers):
+            track.slot.close()
+        self.subscribers.clear()
