@@ -95,6 +95,9 @@ class WebRTCSettings(_Section):
     loopback_candidates: bool = Field(
         False, description="also offer 127.0.0.1 host candidates (single-machine setups and tests)"
     )
+    marker_frames: bool = Field(
+        True, description="release a received video frame on its RTP marker bit (aiortc waits for the next frame)"
+    )
     stats_interval_s: float = Field(0.5, gt=0, le=60, description="stats period on the control data channel")
     convert_threads: int = Field(2, ge=1, le=32, description="threads converting frames between codec and pixels")
 

@@ -35,6 +35,7 @@ from vidfx.protocol import ProtocolError, pack, reply_error, unpack_map
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
+from vidfx.webrtc.jitter import enable_marker_frames
 from vidfx.webrtc.media import IngestPump, StreamOutput
 
 log = logging.getLogger("vidfx.webrtc")
@@ -172,6 +173,7 @@ class WebRTCGateway:
         self.ice = ice_servers(self.cfg)
         if self.cfg.loopback_candidates:
             enable_loopback_candidates()
+        enable_marker_frames(self.cfg.marker_frames)
         self.engine: Engine | None = None
         self.control: ControlHandler | None = None
         self.pool = ThreadPoolExecutor(self.cfg.convert_threads, thread_name_prefix="vidfx-webrtc")

@@ -186,36 +186,44 @@ class IngestPump:
 
 
 class PlayoutClock:
-    """Maps a stream's pts to wall-clock release times, so a chunk's frames (which the engine emits together)
-    leave one frame interval apart instead of in a burst that a size-1 hand-off would mostly drop.
+    """When to release each stylised frame, so a chunk's frames (which the engine emits together) leave about one
+    frame interval apart instead of in a burst that a size-1 hand-off would mostly drop.
 
-    The schedule is `release = pts + offset`. Lifecycle: the offset is set by the first frame (or after a pts
-    jump); a frame that arrives after its release time pushes the offset later (the schedule adopts the slower
-    pace at once, so no frame waits behind a stale schedule); the first frame of each burst that arrives early
-    pulls it back by a fraction of the margin, so one slow chunk does not add latency for ever."""
+        release(frame) = max(pts + delay, previous release + ½ · (pts − previous pts))
 
-    def __init__(self, max_hold_s: float = 1.0, relax: float = 0.1) -> None:
+    `delay` is a high quantile of how late the first frame of each recent burst arrived (arrival − pts): every
+    frame then leaves with about the delay of a typical chunk's first (longest-waiting) frame, which is the least
+    any smooth playback can add. A chunk later than that is not held for ever: its frames go out at up to twice
+    the frame rate until they are on schedule again. Lifecycle: empty until the first frame; `arrive` records
+    bursts and `released` the last release; a pts jump (a new source) starts it afresh."""
+
+    def __init__(self, window: int = 30, quantile: float = 90.0, max_hold_s: float = 1.0) -> None:
+        self.quantile = quantile
         self.max_hold_s = max_hold_s
-        self.relax = relax
-        self.offset: float | None = None
-        self.last_pts: float | None = None
+        self.lateness: deque[float] = deque(maxlen=window)
+        self.delay = 0.0
+        self.last_pts: float | None = None  # last arrival
+        self._released: tuple[float, float] | None = None  # (pts, wall time) of the last release
 
     def arrive(self, pts_s: float, now: float, burst_start: bool) -> None:
-        jumped = self.last_pts is not None and not 0 <= pts_s - self.last_pts <= self.max_hold_s
-        if self.offset is None or jumped:
-            self.offset = now - pts_s
+        if self.last_pts is not None and not 0 <= pts_s - self.last_pts <= self.max_hold_s:
+            self.lateness.clear()
+            self._released = None
+            burst_start = True
         self.last_pts = pts_s
-        margin = pts_s + self.offset - now
-        if margin < 0:
-            self.offset -= margin  # late: later schedule
-        elif burst_start and margin > 0:
-            self.offset -= self.relax * margin  # early: relax towards less added latency
-        if pts_s + self.offset - now > self.max_hold_s:
-            self.offset = now + self.max_hold_s - pts_s
+        if burst_start:
+            self.lateness.append(now - pts_s)
+            self.delay = float(np.percentile(self.lateness, self.quantile))
 
-    def release_at(self, pts_s: float) -> float:
-        assert self.offset is not None
-        return pts_s + self.offset
+    def release_at(self, pts_s: float, now: float) -> float:
+        due = pts_s + self.delay
+        if self._released is not None:
+            last_pts, last_at = self._released
+            due = max(due, last_at + 0.5 * max(pts_s - last_pts, 0.0))
+        return min(due, now + self.max_hold_s)
+
+    def released(self, pts_s: float, at: float) -> None:
+        self._released = (pts_s, at)
 
 
 class OutputTrack(MediaStreamTrack):
@@ -300,11 +308,14 @@ class StreamOutput:
             while not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
-            wait = self.clock.release_at(self.queue[0].pts_us / 1e6) - time.monotonic()
+            now = time.monotonic()
+            wait = self.clock.release_at(self.queue[0].pts_us / 1e6, now) - now
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue  # the head may have been dropped meanwhile
-            self._release(self.queue.popleft())
+            frame = self.queue.popleft()
+            self.clock.released(frame.pts_us / 1e6, time.monotonic())
+            self._release(frame)
 
     def _release(self, frame: OutputFrame) -> None:
         now = time.monotonic()
