@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import importlib.util
 import os
 import sys
 
@@ -30,7 +31,9 @@ async def test_bridge_cli_over_whep_reports_missing_backend_clearly() -> None:
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         text = err.decode()
-        if glob.glob("/dev/video*"):  # a machine with v4l2loopback: the frames really go to the camera
+        if importlib.util.find_spec("pyvirtualcam") is None:
+            assert proc.returncode == 2 and "pip install 'vidfx[obs]'" in text, text
+        elif glob.glob("/dev/video*"):  # a machine with v4l2loopback: the frames really go to the camera
             assert proc.returncode == 0 and "5 frames sent" in text, text
         else:
             assert proc.returncode == 2, text
