@@ -44,7 +44,7 @@ def test_playout_clock_spreads_bursts_at_a_typical_delay() -> None:
         """A chunk of n frames (pts first·dt…) arriving together; their release times, released in order."""
         out = []
         for i in range(first, first + n):
-            clock.arrive(i * dt, arrival, burst_start=i == first)
+            clock.arrive(i * dt, arrival)
         for i in range(first, first + n):
             at = max(clock.release_at(i * dt, arrival), arrival)  # the pacer releases a due frame at once
             clock.released(i * dt, at)
@@ -62,6 +62,11 @@ def test_playout_clock_spreads_bursts_at_a_typical_delay() -> None:
     # A single late chunk does not raise the delay of the ones after it (a quantile, not a running maximum).
     times = play(44, 44 * dt + 0.3)
     assert times[-1] - 47 * dt == pytest.approx(0.3)
+    # Paused, frames pass through one at a time, each almost on time: the delay shrinks back within the window
+    # even though frames are still waiting in the play-out queue meanwhile.
+    for i in range(56, 56 + 30):
+        clock.arrive(i * dt, i * dt + 0.005)
+    assert clock.delay == pytest.approx(0.005)
     # A pts jump (a new source) starts afresh instead of holding frames for the gap.
     assert play(100_000, 5.0, n=1)[0] == pytest.approx(5.0)
 

@@ -64,8 +64,9 @@ async def test_whip_publish_whep_view_delete() -> None:
 
 
 async def test_whep_views_a_zeromq_stream() -> None:
-    """A session fed by ZeroMQ is watchable over WHEP; the ZeroMQ subscriber still gets every frame."""
-    async with running_node() as node:
+    """A session fed by ZeroMQ is watchable over WHEP; the ZeroMQ subscriber still gets every frame; when the
+    publisher stops and the session is reclaimed, the viewer is let go."""
+    async with running_node("--stream-idle-timeout-s", "1") as node:
         ctx = zmq.asyncio.Context()
         pub = ctx.socket(zmq.XPUB)
         sub = ctx.socket(zmq.SUB)
@@ -100,6 +101,11 @@ async def test_whep_views_a_zeromq_stream() -> None:
                 assert seq < 400, "WHEP viewer got no frames"
             assert viewer.rx.pixels[-1].shape == (96, 128, 3)
             assert got_zmq >= seq - 12  # the ZeroMQ output kept flowing beside the viewer
+            # The ZeroMQ publisher goes quiet: the idle session is reclaimed and its viewer closed.
+            await node.wait_for(lambda st: st["viewers"] == 0, 5, "viewer of a reclaimed session let go")
+            (close,) = [c for c in (await node.status())["recent_closes"] if c["role"] == "viewer"]
+            assert close["reason"] == "the stream ended"
+            await asyncio.wait_for(viewer.rx.ended.wait(), 10)
             await viewer.pc.close()
         finally:
             pub.close(0)

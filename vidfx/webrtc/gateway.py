@@ -308,16 +308,16 @@ class WebRTCGateway:
         self.peers[peer_id] = peer
         self._update_gauge()
         try:
-            output = self._output_for(name)
             if existing is not None:  # opened by a control `set` before any frame: adopt it
-                existing.sink = output.push
                 peer.session = existing
             else:
                 try:
-                    peer.session = engine.open_session(name, sink=output.push)
+                    peer.session = engine.open_session(name)
                 except SessionLimitError as exc:
                     raise SignallingError(503, str(exc)) from None
                 peer.owns_session = True
+            output = self._output_for(peer.session, feed=True)
+            peer.session.sink = output.push
             self._wire_publisher(peer)
 
             def return_video() -> None:
@@ -339,7 +339,8 @@ class WebRTCGateway:
         engine = self._ready_engine()
         offer, _ = self._check_offer(offer_sdp, "viewer")
         name = self.stream_name(stream, "whep", "")
-        if engine.session(name) is None:
+        session = engine.session(name)
+        if session is None:
             raise SignallingError(404, f"no stream {name!r} is live")
         if self.count("viewer") >= self.cfg.max_viewers:
             raise SignallingError(503, f"all {self.cfg.max_viewers} WHEP viewer slots are in use")
@@ -347,7 +348,7 @@ class WebRTCGateway:
         self.peers[peer.id] = peer
         self._update_gauge()
         try:
-            output = self._output_for(name)
+            output = self._output_for(session, feed=False)
             peer.pc.on("connectionstatechange", lambda: self._on_state(peer))
             await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
@@ -364,30 +365,35 @@ class WebRTCGateway:
         return peer
 
     # -- stream outputs -------------------------------------------------------------------------------------------
-    def _output_for(self, stream: str) -> StreamOutput:
-        """The stream's shared output, tapping the session when someone else (ZeroMQ) feeds it."""
-        out = self.outputs.get(stream)
-        if out is not None and not out.closed:
+    def _output_for(self, session: Session, feed: bool) -> StreamOutput:
+        """The shared output of `session`: the existing one, or a new one (replacing one left from an older session
+        of the same name). `feed`: the caller makes it the session's sink (a WebRTC publisher); otherwise it taps
+        the session, whoever feeds it (ZeroMQ, or nobody yet)."""
+        out = self.outputs.get(session.id)
+        if out is not None and not out.closed and out.session is session:
             return out
-        out = StreamOutput(stream, self.pool)
-        self.outputs[stream] = out
-        engine = self.engine
-        session = engine.session(stream) if engine is not None else None
-        if session is not None and session.sink is not None:
+        if out is not None:
+            self._detach(out)
+        out = StreamOutput(session.id, self.pool)
+        out.session = session
+        if not feed:
             session.taps.append(out.push)
+        self.outputs[session.id] = out
         return out
+
+    @staticmethod
+    def _detach(out: StreamOutput) -> None:
+        out.close()
+        if out.session is not None and out.push in out.session.taps:
+            out.session.taps.remove(out.push)
 
     def _release_output(self, stream: str) -> None:
         """Close a stream's output when nobody publishes or views it any more."""
         if any(p.stream == stream for p in self.peers.values()):
             return
         out = self.outputs.pop(stream, None)
-        if out is None:
-            return
-        out.close()
-        session = self.engine.session(stream) if self.engine is not None else None
-        if session is not None and out.push in session.taps:
-            session.taps.remove(out.push)
+        if out is not None:
+            self._detach(out)
 
     # -- publisher wiring ----------------------------------------------------------------------------------------
     def _wire_publisher(self, peer: Peer) -> None:
@@ -496,7 +502,12 @@ class WebRTCGateway:
                     return
             elif peer.role == "viewer":
                 out = self.outputs.get(peer.stream)
-                if out is None or out.closed or self.engine is None or self.engine.session(peer.stream) is None:
+                if (
+                    out is None
+                    or out.closed
+                    or self.engine is None
+                    or self.engine.session(peer.stream) is not out.session
+                ):
                     asyncio.ensure_future(self.close_peer(peer, "the stream ended"))
                     return
 
@@ -530,7 +541,7 @@ class WebRTCGateway:
                 peer.session.sink = None
             out = self.outputs.pop(peer.stream, None)
             if out is not None:
-                out.close()  # ends the stream's track: its viewers' watchdogs close them next
+                self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
         self._release_output(peer.stream)
         try:
             await asyncio.wait_for(peer.pc.close(), timeout=5.0)

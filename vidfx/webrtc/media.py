@@ -194,23 +194,30 @@ class PlayoutClock:
     `delay` is a high quantile of how late the first frame of each recent burst arrived (arrival − pts): every
     frame then leaves with about the delay of a typical chunk's first (longest-waiting) frame, which is the least
     any smooth playback can add. A chunk later than that is not held for ever: its frames go out at up to twice
-    the frame rate until they are on schedule again. Lifecycle: empty until the first frame; `arrive` records
-    bursts and `released` the last release; a pts jump (a new source) starts it afresh."""
+    the frame rate until they are on schedule again. Bursts are told apart by arrival time (a chunk's frames
+    arrive within one event-loop turn), not by whether frames are still waiting, so a delay that turned out too
+    long — say after the stream was paused and frames pass through one by one — shrinks again. Lifecycle: empty
+    until the first frame; `arrive` records bursts and `released` the last release; a pts jump (a new source)
+    starts it afresh."""
+
+    BURST_GAP_S = 0.005  # frames arriving closer together than this came out of one chunk
 
     def __init__(self, window: int = 30, quantile: float = 90.0, max_hold_s: float = 1.0) -> None:
         self.quantile = quantile
         self.max_hold_s = max_hold_s
         self.lateness: deque[float] = deque(maxlen=window)
         self.delay = 0.0
-        self.last_pts: float | None = None  # last arrival
+        self.last_pts: float | None = None  # last arrival's
+        self.last_arrival: float | None = None
         self._released: tuple[float, float] | None = None  # (pts, wall time) of the last release
 
-    def arrive(self, pts_s: float, now: float, burst_start: bool) -> None:
+    def arrive(self, pts_s: float, now: float) -> None:
+        burst_start = self.last_arrival is None or now - self.last_arrival > self.BURST_GAP_S
         if self.last_pts is not None and not 0 <= pts_s - self.last_pts <= self.max_hold_s:
             self.lateness.clear()
             self._released = None
             burst_start = True
-        self.last_pts = pts_s
+        self.last_pts, self.last_arrival = pts_s, now
         if burst_start:
             self.lateness.append(now - pts_s)
             self.delay = float(np.percentile(self.lateness, self.quantile))
@@ -277,6 +284,7 @@ class StreamOutput:
         self.queue: deque[OutputFrame] = deque()
         self.clock = PlayoutClock()
         self.subscribers: set[OutputTrack] = set()
+        self.session: Session | None = None  # the session whose frames these are (set by the gateway)
         self.closed = False
         self.frames_sent = 0
         self.queue_dropped = 0
@@ -296,7 +304,7 @@ class StreamOutput:
     def push(self, frame: OutputFrame) -> None:
         if self.closed:
             return
-        self.clock.arrive(frame.pts_us / 1e6, time.monotonic(), burst_start=not self.queue)
+        self.clock.arrive(frame.pts_us / 1e6, time.monotonic())
         self.queue.append(frame)
         while len(self.queue) > self.max_queue:
             self.queue.popleft()
