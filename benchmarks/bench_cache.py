@@ -5,4 +5,17 @@ import sys
 from vidfx.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "cache", "--plot", "benchmarks/cache.png", "--json", "benchmarks/cache.json", "--progress", *sys.argv[1:]]))
+    sys.exit(
+        main(
+            [
+                "bench",
+                "cache",
+                "--plot",
+                "benchmarks/cache.png",
+                "--json",
+                "benchmarks/cache.json",
+                "--progress",
+                *sys.argv[1:],
+            ]
+        )
+    )

@@ -59,12 +59,8 @@ def main() -> None:
         geo = FrameGeometry(args.camera, args.model, fit)
         x = frames_to_tensor(rgb, geometry=geo, device=args.device)
         times = [
-            _ms(
-                lambda g=geo: frames_to_tensor(rgb, geometry=g, device=args.device), args.repeats, args.device
-            ),
-            _ms(
-                lambda g=geo: frames_to_tensor(yuv, geometry=g, device=args.device), args.repeats, args.device
-            ),
+            _ms(lambda g=geo: frames_to_tensor(rgb, geometry=g, device=args.device), args.repeats, args.device),
+            _ms(lambda g=geo: frames_to_tensor(yuv, geometry=g, device=args.device), args.repeats, args.device),
             _ms(lambda g=geo, x=x: tensor_to_rgb(x, g), args.repeats, args.device),
             _ms(lambda g=geo, x=x: tensor_to_frames(x, "yuv420p", g), args.repeats, args.device),
         ]

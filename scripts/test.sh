@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-.venv/bin/ruff check vidfx tests benchmarks examples
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

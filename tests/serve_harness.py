@@ -78,19 +78,24 @@ class NodeProcess:
 
     async def subscriber(self) -> zmq.asyncio.Socket:
         """A SUB on the node's output, returned once the node counts it as a subscriber."""
-        before = (await self.control({"op": "status"})).get("output_subscribers", 0)
+        return await self.subscriber_with_token(None)
+
+    async def subscriber_with_token(self, token: str | None) -> zmq.asyncio.Socket:
+        status = {"op": "status"} | ({"token": token} if token else {})
+        poller = self.dealer()  # its own identity: polling never eats into the test's control rate budget
+        before = (await self.control(status, sock=poller)).get("output_subscribers", 0)
         sub = self._track(self.ctx.socket(zmq.SUB))
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self.endpoints["output"])
         deadline = time.monotonic() + 10
-        while (await self.control({"op": "status"})).get("output_subscribers", 0) <= before:
+        while (await self.control(status, sock=poller)).get("output_subscribers", 0) <= before:
             assert time.monotonic() < deadline, "the node never saw the subscription"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
         return sub
 
-    def dealer(self) -> zmq.asyncio.Socket:
-        d = self._track(self.ctx.socket(zmq.DEALER))
+    def dealer(self, curve: bool = True) -> zmq.asyncio.Socket:
+        d = self._track(self.ctx.socket(zmq.DEALER), curve)
         d.connect(self.endpoints["control"])
         return d
 
@@ -117,8 +122,11 @@ class NodeProcess:
         async with aiohttp.ClientSession() as http, http.get(self.endpoints["http"] + path) as r:
             return r.status, await r.json()
 
-    def _track(self, s: zmq.asyncio.Socket) -> zmq.asyncio.Socket:
+    def _track(self, s: zmq.asyncio.Socket, curve: bool = True) -> zmq.asyncio.Socket:
         s.setsockopt(zmq.LINGER, 0)
+        if curve and "curve_public_key" in self.endpoints:  # the node encrypts: be a CURVE client
+            s.curve_serverkey = self.endpoints["curve_public_key"].encode()
+            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
         self._sockets.append(s)
         return s
 

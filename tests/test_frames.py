@@ -66,9 +66,7 @@ def test_channel_order_bgr24():
     assert np.array_equal(out, bgr) and out.flags.c_contiguous
     frame = tensor_to_frames(x, "bgr24")[0]
     assert frame.format.name == "bgr24" and np.array_equal(frame.to_ndarray(), bgr)
-    assert np.array_equal(
-        frames_to_tensor(_random_clip(), "bgr24")[0, 0], frames_to_tensor(_random_clip())[0, 2]
-    )
+    assert np.array_equal(frames_to_tensor(_random_clip(), "bgr24")[0, 0], frames_to_tensor(_random_clip())[0, 2])
 
 
 def test_av_frames_in_and_out():
@@ -103,9 +101,7 @@ def test_yuv420p_round_trip_within_codec_rounding():
         got = tensor_to_rgb(frames_to_tensor([from_rgb(flat, "yuv420p")], "yuv420p"))[0]
         assert np.abs(got.astype(int) - flat.astype(int)).max() <= 2, colour
     # and yuv420p is not mistaken for another layout: the planes decode to the right colour
-    red = tensor_to_rgb(
-        frames_to_tensor([from_rgb(np.full((8, 8, 3), (255, 0, 0), np.uint8), "yuv420p")], "yuv420p")
-    )
+    red = tensor_to_rgb(frames_to_tensor([from_rgb(np.full((8, 8, 3), (255, 0, 0), np.uint8), "yuv420p")], "yuv420p"))
     assert red[0, 0, 0, 0] > 250 and red[0, 0, 0, 1] < 5 and red[0, 0, 0, 2] < 5
 
 

@@ -8,6 +8,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from tests.serve_harness import make_video, recv_frame, recv_frames, running_node, send_frame
 
@@ -57,6 +58,7 @@ async def test_frames_in_order_same_envelope_then_idle_reclaimed():
         assert m["vidfx_frames_dropped_total{reason=overload}"] == 0
         assert m["vidfx_e2e_latency_seconds_count"] == 11 and m["vidfx_chunk_latency_seconds_count"] >= 4
         assert any(k.startswith("vidfx_build_info{") and "model=tiny-random" in k for k in m)
+
         # Idle for longer than the timeout: the session is reclaimed.
         async def gone() -> bool:
             return not (await node.control({"op": "status"}))["sessions"]
@@ -111,9 +113,7 @@ async def test_control_changes_output_and_two_prompts_stay_isolated():
     async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16") as node:
         pub, sub = await node.publisher(), await node.subscriber()
         # Reference: stream A alone with prompt P1.
-        assert (await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7}))[
-            "id"
-        ] == 7
+        assert (await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7}))["id"] == 7
         ref = [px for _, px in await stream_paced(pub, sub, "a", video)]
 
         # C (prompt P1, same frames) runs interleaved with B (prompt P2, other frames): C must equal A.
@@ -265,3 +265,38 @@ async def test_readyz_before_model_then_token_beyond_loopback(tmp_path):
         reply = await node.control({"op": "status", "token": "wrong-wrong-wrong"})
         assert reply["ok"] is False
         assert (await node.control({"op": "status", "token": "0123456789abcdef-secret"}))["ok"]
+        # The data plane wants the token too: frames without it are dropped and counted.
+        pub, sub = await node.publisher(), await node.subscriber_with_token("0123456789abcdef-secret")
+        video = make_video(5)
+        for i in range(5):
+            await send_frame(pub, "no-token", i, video[i])
+            await send_frame(pub, "with-token", i, video[i], token="0123456789abcdef-secret")
+        out = await recv_frames(sub, 5)
+        assert {h["stream"] for h, _ in out} == {"with-token"} and [h["seq"] for h, _ in out] == list(range(5))
+        assert (await node.metrics())["vidfx_frames_dropped_total{reason=unauthorized}"] == 5
+
+
+async def test_sigterm_during_warm_up_exits_zero_promptly():
+    async with running_node("--model-warmup-chunks", "1000", wait_ready=False) as node:
+        await asyncio.sleep(2.0)  # loading, then warming up
+        start = time.monotonic()
+        assert await node.terminate() == 0
+        assert time.monotonic() - start < 15
+        assert "ready" not in [e["event"] for e in node.events]
+
+
+async def test_curve_encrypts_every_socket_and_shuts_out_plain_clients():
+    secret = zmq.curve_keypair()[1].decode()
+    async with running_node(env={"VIDFX_ZMQ__CURVE_SECRET_KEY": secret}) as node:
+        assert node.endpoints["curve_public_key"] == zmq.curve_public(secret.encode()).decode()
+        pub, sub = await node.publisher(), await node.subscriber()  # CURVE clients (the harness's default)
+        video = make_video(5)
+        for i in range(5):
+            await send_frame(pub, "secret", i, video[i])
+        assert [h["seq"] for h, _ in await recv_frames(sub, 5)] == list(range(5))
+        plain = node.dealer(curve=False)
+        with pytest.raises(TimeoutError):
+            await node.control({"op": "status"}, sock=plain, timeout=1.0)
+    with pytest.raises(RuntimeError, match="Z85"):
+        async with running_node(env={"VIDFX_ZMQ__CURVE_SECRET_KEY": "not-a-key"}):
+            pass

@@ -312,9 +312,7 @@ def _reference_forward(model: UMT5Encoder, ids: torch.Tensor, mask: torch.Tensor
     for i in range(cfg.num_layers):
         p = f"blocks.{i}."
         h = norm(x, sd[p + "norm1.weight"])
-        q, k, v = (
-            (h @ sd[p + f"attn.{n}.weight"].T).view(b, length, cfg.num_heads, -1) for n in ("q", "k", "v")
-        )
+        q, k, v = ((h @ sd[p + f"attn.{n}.weight"].T).view(b, length, cfg.num_heads, -1) for n in ("q", "k", "v"))
         pos = sd[p + "pos_embedding.embedding.weight"][rel].permute(2, 0, 1)  # (heads, L, L)
         logits = torch.einsum("bqnc,bknc->bnqk", q, k) + pos
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vidfx.sampling import CAUSVID_STEPS
+
 ENV_PREFIX = "VIDFX_"
 ENV_NESTED = "__"
 
@@ -37,7 +39,7 @@ class ModelSettings(_Section):
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
-    steps: list[int] = Field([1000, 757, 522], description="few-step list on the 0..1000 grid (CausVid's)")
+    steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
     strength: float = Field(0.7, gt=0.0, le=1.0, description="default denoising strength (1 = ignore input)")
     seed: int = Field(0, ge=0, description="default noise seed of a new stream")
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
@@ -45,14 +47,14 @@ class ModelSettings(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores but one, for the I/O loop)")
     max_batch: int = Field(4, ge=1, le=64, description="sessions' chunks batched into one DiT forward")
-    warmup_chunks: int = Field(2, ge=0, le=16, description="chunks run on a dummy stream before ready")
+    warmup_chunks: int = Field(2, ge=0, le=1000, description="chunks run on a dummy stream before ready")
 
 
 class StreamSettings(_Section):
     idle_timeout_s: float = Field(10.0, gt=0, description="close a session after this long without frames")
     max_sessions: int = Field(8, ge=1, description="concurrent sessions; frames of further streams are dropped")
     max_pending_chunks: float = Field(
-        1.0, ge=1.0, description="pending input bound, in chunks; older frames are dropped when exceeded"
+        1.0, ge=1.0, description="pending input bound in chunks (+ a stream's first chunk); oldest dropped beyond"
     )
     flush_after_s: float = Field(
         0.3, ge=0, description="process a partial chunk after this long without new frames (0 = never)"
@@ -72,6 +74,9 @@ class ZmqSettings(_Section):
     output: str = Field("tcp://127.0.0.1:5556", description="output PUB address")
     output_bind: bool = Field(True, description="bind the output address (else connect)")
     control: str = Field("tcp://127.0.0.1:5557", description="control ROUTER address (always bound)")
+    curve_secret_key: SecretStr | None = Field(
+        None, description="Z85 CURVE secret key: encrypt every ZeroMQ socket (clients need its public key)"
+    )
     rcvhwm: int = Field(16, ge=1, description="input receive high-water mark, messages")
     sndhwm: int = Field(64, ge=1, description="output send high-water mark, messages")
 

@@ -125,14 +125,10 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _remap(
-    x: torch.Tensor, src_size: tuple[int, int], dst_size: tuple[int, int], src: Box, dst: Box
-) -> torch.Tensor:
+def _remap(x: torch.Tensor, src_size: tuple[int, int], dst_size: tuple[int, int], src: Box, dst: Box) -> torch.Tensor:
     if tuple(x.shape[-2:]) != src_size:
         raise ValueError(f"expected frames of size {src_size}, got {tuple(x.shape[-2:])}")
-    part = _resize(
-        x[..., src.top : src.top + src.height, src.left : src.left + src.width], dst.height, dst.width
-    )
+    part = _resize(x[..., src.top : src.top + src.height, src.left : src.left + src.width], dst.height, dst.width)
     if (dst.height, dst.width) == dst_size:
         return part
     black = 0 if x.dtype == torch.uint8 else -1.0
@@ -200,9 +196,7 @@ def frames_to_tensor(
     the device and are converted and resized there.
     """
     if isinstance(frames, np.ndarray) and frames.ndim != 4:
-        raise ValueError(
-            f"pass a list of frames or one (T, H, W, 3) array, got an array of shape {frames.shape}"
-        )
+        raise ValueError(f"pass a list of frames or one (T, H, W, 3) array, got an array of shape {frames.shape}")
     if isinstance(frames, np.ndarray):
         if frames.dtype != np.uint8 or frames.shape[-1] != 3 or pixel_format == "yuv420p":
             raise ValueError(
@@ -218,9 +212,7 @@ def frames_to_tensor(
             raise ValueError(f"frames differ in size: {sorted({r.shape[:2] for r in rgb})}")
         clip = np.stack(rgb)
     if geometry is not None and clip.shape[1:3] != geometry.camera:
-        raise ValueError(
-            f"frames are {clip.shape[1:3]} (H, W) but the geometry expects camera {geometry.camera}"
-        )
+        raise ValueError(f"frames are {clip.shape[1:3]} (H, W) but the geometry expects camera {geometry.camera}")
     u8 = torch.from_numpy(np.ascontiguousarray(clip)).to(device).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
     if geometry is not None and _resize_in_uint8(u8.device):
         u8 = geometry.to_model(u8)

@@ -28,7 +28,7 @@ from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics
 from vidfx.transport.http import build_app
-from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane
+from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane, curve_public_key
 from vidfx.webrtc import ConfigError as WebRTCConfigError
 from vidfx.webrtc import WebRTCGateway, add_webrtc_routes
 
@@ -50,6 +50,10 @@ def required_token(settings: Settings) -> str | None:
         raise ConfigError(f"{', '.join(exposed)} reach beyond loopback: set a token (--token or VIDFX_TOKEN)")
     if token is not None and len(token) < 16:
         raise ConfigError("the token must be at least 16 characters")
+    try:
+        curve_public_key(settings)
+    except (ValueError, zmq.ZMQError) as exc:
+        raise ConfigError(f"zmq.curve_secret_key is not a Z85 CURVE secret key ({exc})") from None
     return token if exposed else None
 
 
@@ -95,6 +99,8 @@ class Node:
         self.endpoints.update(
             input=self.data.input_endpoint, output=self.data.output_endpoint, control=self.control.endpoint
         )
+        if (public := curve_public_key(s)) is not None:
+            self.endpoints["curve_public_key"] = public
         await self.engine.start()
         if self.webrtc is not None:
             self.webrtc.attach(self.engine)

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
-from vidfx.config import ModelSettings
+from vidfx.config import ModelSettings, StreamSettings
 from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 from vidfx.model.wan_dit import CausalDiT, DiTConfig
-from vidfx.sampling import CAUSVID_STEPS, DEFAULT_SHIFT, noise_to, shift_sigma, velocity_to_x0
+from vidfx.sampling import DEFAULT_SHIFT, noise_to, shift_sigma, velocity_to_x0
 from vidfx.text.base import TextEncoder, blend, interpolate
 from vidfx.text.cache import PromptEmbeddings
 from vidfx.weights import CheckpointError, load_into, load_state_dict
@@ -42,23 +42,40 @@ MODEL_ALIASES: dict[str, str] = {"default": "tiny-random"}
 
 # -- per-stream parameters and the pure functions on them ---------------------------------------------------------
 
+_MODEL, _STREAM = ModelSettings.model_fields, StreamSettings.model_fields
+
 
 @dataclass(frozen=True)
 class StreamParams:
-    """What a client steers. Immutable: the engine hands the worker a snapshot with every chunk."""
+    """What a client steers. Immutable: the engine hands the worker a snapshot with every chunk.
+    Defaults are those of `vidfx.config` (the one place defaults live); `from_settings` applies a node's."""
 
-    prompts: tuple[tuple[str, float], ...] = (("", 1.0),)  # weighted blend of prompts
-    transition_s: float = 0.0  # time to move from the previous prompt blend to this one (stream time)
-    interpolation: Literal["linear", "slerp"] = "slerp"
-    strength: float = 0.7  # how far the input is noised: 1 ignores it, small values keep it
-    seed: int = 0
-    steps: tuple[int, ...] = CAUSVID_STEPS
-    motion_aware: bool = False
-    motion_range: float = 0.15  # ± swing of strength with motion
-    motion_ref: float = 0.06  # mean |Δpixel| in [0, 1] counted as full motion
+    prompts: tuple[tuple[str, float], ...] = ((_STREAM["prompt"].default, 1.0),)  # weighted blend
+    transition_s: float = _STREAM["transition_s"].default  # from the previous blend to this one (stream time)
+    interpolation: Literal["linear", "slerp"] = _STREAM["interpolation"].default
+    strength: float = _MODEL["strength"].default  # how far the input is noised: 1 ignores it
+    seed: int = _MODEL["seed"].default
+    steps: tuple[int, ...] = tuple(_MODEL["steps"].default)
+    motion_aware: bool = _STREAM["motion_aware"].default
+    motion_range: float = _STREAM["motion_range"].default  # ± swing of strength with motion
+    motion_ref: float = _STREAM["motion_ref"].default  # mean |Δpixel| in [0, 1] counted as full motion
 
     def with_(self, **changes: object) -> StreamParams:
         return replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, stream: StreamSettings) -> StreamParams:
+        return cls(
+            prompts=((stream.prompt, 1.0),),
+            transition_s=stream.transition_s,
+            interpolation=stream.interpolation,
+            strength=model.strength,
+            seed=model.seed,
+            steps=tuple(model.steps),
+            motion_aware=stream.motion_aware,
+            motion_range=stream.motion_range,
+            motion_ref=stream.motion_ref,
+        )
 
 
 def chunk_sigmas(steps: Sequence[int], strength: float, shift: float = DEFAULT_SHIFT) -> list[float]:
@@ -383,14 +400,16 @@ class StylePipeline:
             st.kv.commit_chunk(n)
             p.x0 = x0[b : b + 1]
 
-    def warm_up(self, chunks: int) -> None:
-        """Run `chunks` chunks of a throwaway stream (first kernels, allocator, prompt cache)."""
-        state = self.new_stream_state(StreamParams())
-        rng = np.random.default_rng(0)
+    def warm_up(self, chunks: int, state: StreamState | None = None) -> StreamState:
+        """Run `chunks` chunks of a throwaway stream (first kernels, allocator, prompt cache); pass the returned
+        state back in to continue the same stream."""
+        state = state or self.new_stream_state(StreamParams())
+        rng = np.random.default_rng(state.chunks)
         for _ in range(chunks):
             n = self.frames_per_chunk(state.first)
             frames = rng.integers(0, 256, (n, self.settings.height, self.settings.width, 3), dtype=np.uint8)
             self.process_chunk(state, frames)
+        return state
 
 
 # -- loading ---------------------------------------------------------------------------------------------------

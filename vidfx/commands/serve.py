@@ -21,8 +21,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
+    from zmq import ZMQError
 
     from vidfx.node import ConfigError, serve
+    from vidfx.weights import CheckpointError
 
     try:
         settings = settings_from_args(args)
@@ -34,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(serve(settings))
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError, ZMQError, OSError, ValueError) as exc:  # bad model, address in use, …
         print(f"vidfx serve: {exc}", file=sys.stderr)
         return 2

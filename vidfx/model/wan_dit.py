@@ -295,6 +295,7 @@ class CausalDiT(nn.Module):
         self.head = Head(cfg)
         # RoPE tables are derived, not weights: kept out of the state dict like Wan's `freqs`.
         self._rope = rope_frequencies(cfg)
+        self._rot_memo: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -356,6 +357,16 @@ class CausalDiT(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, out, F, pf, H, ph, W, pw)
         return x.reshape(x.shape[0], self.cfg.out_dim, f * pf, h * ph, w * pw)
 
+    def _rotations(self, frames: int, gh: int, gw: int, device: torch.device) -> torch.Tensor:
+        """RoPE rotations for frame positions 0…frames-1 on a (gh, gw) grid, memoised per device: on a GPU this
+        avoids a host→device copy every chunk (streams see only a handful of distinct lengths)."""
+        key = (frames, gh, gw, device)
+        if key not in self._rot_memo:
+            if len(self._rot_memo) > 64:
+                self._rot_memo.clear()
+            self._rot_memo[key] = rope_for_grid(self._rope, torch.arange(frames), gh, gw).to(device)
+        return self._rot_memo[key]
+
     def _run_blocks(
         self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, ctx: AttnContext, cross: CrossAttnCache
     ) -> torch.Tensor:
@@ -382,7 +393,7 @@ class CausalDiT(nn.Module):
         nf, gh, gw = grid
         e, e0 = self._time(t.to(x.device), x.shape[0], nf)
         cross = context if isinstance(context, CrossAttnCache) else self.cross_attention_cache(context)
-        rot = rope_for_grid(self._rope, torch.arange(nf), gh, gw).to(x.device)
+        rot = self._rotations(nf, gh, gw, x.device)
         mask = None
         if chunk_frames is not None:
             chunk_of_token = (torch.arange(nf, device=x.device) // chunk_frames).repeat_interleave(gh * gw)
@@ -423,7 +434,7 @@ class CausalDiT(nn.Module):
             raise ValueError(f"chunk has {gh * gw} tokens a frame, the cache was made for {cache.tokens_per_frame}")
         e, e0 = self._time(t.to(x.device), x.shape[0], nf)
         visible = cache.visible_frames
-        rot = rope_for_grid(self._rope, torch.arange(visible + nf), gh, gw).to(x.device)
+        rot = self._rotations(visible + nf, gh, gw, x.device)
         ctx = AttnContext(grid=grid, rot=rot, cache=cache, cache_order=cache.visible_order(), write_cache=write_cache)
         out = self._run_blocks(tokens, e, e0, ctx, cross)
         if write_cache:

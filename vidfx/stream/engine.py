@@ -50,18 +50,7 @@ class ChunkJob:
 
 
 def default_params(settings: Settings) -> StreamParams:
-    m, s = settings.model, settings.stream
-    return StreamParams(
-        prompts=((s.prompt, 1.0),),
-        transition_s=s.transition_s,
-        interpolation=s.interpolation,
-        strength=m.strength,
-        seed=m.seed,
-        steps=tuple(m.steps),
-        motion_aware=s.motion_aware,
-        motion_range=s.motion_range,
-        motion_ref=s.motion_ref,
-    )
+    return StreamParams.from_settings(settings.model, settings.stream)
 
 
 class Engine:
@@ -82,8 +71,9 @@ class Engine:
     async def start(self) -> None:
         """Warm the model up on the worker, then start scheduling. `ready` turns true at the end."""
         loop = asyncio.get_running_loop()
-        if self.settings.model.warmup_chunks:
-            await loop.run_in_executor(self._worker, self.pipeline.warm_up, self.settings.model.warmup_chunks)
+        state = None
+        for _ in range(self.settings.model.warmup_chunks):  # chunk by chunk: a shutdown waits for one at most
+            state = await loop.run_in_executor(self._worker, self.pipeline.warm_up, 1, state)
         self._tasks = [asyncio.create_task(self._schedule(), name="vidfx-scheduler"),
                        asyncio.create_task(self._reap(), name="vidfx-reaper")]  # fmt: skip
         self.ready = True
@@ -133,8 +123,12 @@ class Engine:
         return self.pipeline.frames_per_chunk(first)
 
     def pending_bound(self, session: Session) -> int:
+        """Frames a session may hold before the oldest are dropped: `max_pending_chunks` chunks — plus, while
+        the stream's short first chunk is pending, that chunk (a burst at stream start is not an overload)."""
+        need = self.frames_needed(session)
         chunk = self.pipeline.frames_per_chunk(False)
-        return max(self.frames_needed(session), math.ceil(self.settings.stream.max_pending_chunks * chunk))
+        bound = math.ceil(self.settings.stream.max_pending_chunks * chunk)
+        return need + bound if need < chunk else max(need, bound)
 
     def wake(self) -> None:
         self._wake.set()
@@ -207,7 +201,11 @@ class Engine:
             self.metrics.chunk_latency.observe(time.monotonic() - started)
             self.metrics.batch_size.observe(len(jobs))
             for job, out in zip(jobs, results, strict=True):
-                self._finish(job, out)
+                try:
+                    self._finish(job, out)
+                except Exception:  # one session's delivery failing must not stop the others or the scheduler
+                    log.exception("delivering session %s's chunk failed", job.session.id)
+                    job.session.in_flight = False
 
     def _finish(self, job: ChunkJob, out: np.ndarray | Exception) -> None:
         s = job.session
@@ -227,14 +225,15 @@ class Engine:
 
     def _run_batch(self, jobs: Sequence[ChunkJob]) -> list[np.ndarray | Exception]:
         """Worker thread: the model work of one batch. Exceptions become per-job results, never escape."""
-        requests = []
-        for job in jobs:
-            if job.session.model_state is None:
-                job.session.model_state = self.pipeline.new_stream_state(job.params)
-            elif job.reset:
-                job.session.model_state.reset()
-            requests.append(ChunkRequest(job.session.model_state, job.pixels, job.params, job.frames[0].pts_us))
         try:
+            requests = []
+            for job in jobs:
+                if job.session.model_state is None:
+                    job.session.model_state = self.pipeline.new_stream_state(job.params)
+                elif job.reset:
+                    job.session.model_state.reset()
+                state = job.session.model_state
+                requests.append(ChunkRequest(state, job.pixels, job.params, job.frames[0].pts_us))
             return list(self.pipeline.process_chunks(requests, batch=self.batch))
         except Exception as exc:
             # The batch's states may be half advanced: every job of it fails and its session starts afresh.

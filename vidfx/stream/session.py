@@ -96,12 +96,14 @@ class Session:
         self.pending.append(InputFrame(pixels, seq, pts_us, now))
         if self.paused and not self.in_flight:
             self.pass_through()
-        else:
-            bound = self.engine.pending_bound(self)
-            while len(self.pending) > bound:
-                self.pending.popleft()
-                self._drop("overload")
-        self.engine.wake()
+            return True
+        bound = self.engine.pending_bound(self)
+        while len(self.pending) > bound:
+            self.pending.popleft()
+            self._drop("overload")
+        # The scheduler only needs to look when a chunk completes, or to arm the partial-chunk flush timer.
+        if len(self.pending) == 1 or len(self.pending) >= self.engine.frames_needed(self):
+            self.engine.wake()
         return True
 
     # -- steering ------------------------------------------------------------------------------------------

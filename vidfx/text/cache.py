@@ -26,9 +26,7 @@ class PromptEmbeddings:
     Returned tensors are the cached ones (no copy on the hot path): treat them as read-only.
     """
 
-    def __init__(
-        self, encoder: TextEncoder, capacity: int = 64, max_chars: int = DEFAULT_MAX_PROMPT_CHARS
-    ) -> None:
+    def __init__(self, encoder: TextEncoder, capacity: int = 64, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> None:
         if capacity < 1:
             raise ValueError(f"PromptEmbeddings capacity must be at least 1, got {capacity}")
         self.encoder = encoder

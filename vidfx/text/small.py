@@ -61,9 +61,7 @@ class HashTextEncoder:
 
     def __init__(self, text_dim: int = 64, max_tokens: int = 16, salt: str = HASH_SALT) -> None:
         if text_dim < 2 or max_tokens < 1:
-            raise ValueError(
-                f"HashTextEncoder needs text_dim >= 2 and max_tokens >= 1 ({text_dim}, {max_tokens})"
-            )
+            raise ValueError(f"HashTextEncoder needs text_dim >= 2 and max_tokens >= 1 ({text_dim}, {max_tokens})")
         self.text_dim = text_dim
         self.max_tokens = max_tokens
         self.salt = salt

@@ -59,9 +59,7 @@ class UMT5Config:
         presets = {
             # wan/modules/t5.py umt5_xxl(): encoder_layers 24, shared_pos False.
             "umt5-xxl": cls(),
-            "tiny": cls(
-                vocab_size=128, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, text_len=16
-            ),
+            "tiny": cls(vocab_size=128, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, text_len=16),
         }
         if name not in presets:
             raise ValueError(f"unknown umT5 preset {name!r}; choose from {sorted(presets)}")
@@ -84,9 +82,7 @@ class T5LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(
-            self.weight.dtype
-        )
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.weight.dtype)
 
 
 class T5RelativeEmbedding(nn.Module):
@@ -111,9 +107,7 @@ class T5RelativeEmbedding(nn.Module):
         dist = rel.abs()
         # clamp(min=exact) keeps log() finite; those entries take the exact branch of the where() anyway.
         far = dist.clamp(min=exact).float()
-        log_bucket = (
-            exact + (torch.log(far / exact) / math.log(self.max_distance / exact) * (half - exact)).long()
-        )
+        log_bucket = exact + (torch.log(far / exact) / math.log(self.max_distance / exact) * (half - exact)).long()
         log_bucket = log_bucket.clamp(max=half - 1)
         return (rel > 0).long() * half + torch.where(dist < exact, dist, log_bucket)
 
@@ -214,9 +208,7 @@ class UMT5Tokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise ImportError(
-                "the umT5 tokenizer needs the `tokenizers` package: pip install 'vidfx[wan]'"
-            ) from exc
+            raise ImportError("the umT5 tokenizer needs the `tokenizers` package: pip install 'vidfx[wan]'") from exc
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json there")
@@ -236,9 +228,7 @@ class UMT5Tokenizer:
     def _special_id(self, token: str) -> int:
         idx = self._tok.token_to_id(token)
         if idx is None:
-            raise ValueError(
-                f"{self.path}: tokenizer has no {token} token; is this google/umt5-xxl's tokenizer?"
-            )
+            raise ValueError(f"{self.path}: tokenizer has no {token} token; is this google/umt5-xxl's tokenizer?")
         return idx
 
     @property
@@ -297,8 +287,7 @@ class UMT5TextEncoder:
     def __init__(self, model: UMT5Encoder, tokenizer: UMT5Tokenizer) -> None:
         if tokenizer.vocab_size > model.cfg.vocab_size:
             raise ValueError(
-                f"{tokenizer.path}: {tokenizer.vocab_size} tokens, "
-                f"more than the network's {model.cfg.vocab_size}"
+                f"{tokenizer.path}: {tokenizer.vocab_size} tokens, more than the network's {model.cfg.vocab_size}"
             )
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer

@@ -34,6 +34,21 @@ log = logging.getLogger("vidfx.zmq")
 _DRAIN_MAX = 1024  # messages handled per wake-up before yielding to the rest of the loop
 
 
+def curve_public_key(settings: Settings) -> str | None:
+    """The Z85 public key clients need (`socket.curve_serverkey`), when CURVE is on."""
+    key = settings.zmq.curve_secret_key
+    return zmq.curve_public(key.get_secret_value().encode()).decode() if key else None
+
+
+def _secure(sock: zmq.asyncio.Socket, settings: Settings) -> None:
+    """CURVE server role (independent of bind/connect): traffic is encrypted, and only clients that know the
+    node's public key can talk to it."""
+    key = settings.zmq.curve_secret_key
+    if key is not None:
+        sock.curve_secretkey = key.get_secret_value().encode()
+        sock.curve_server = True
+
+
 def _open(sock: zmq.asyncio.Socket, address: str, bind: bool) -> str:
     """Bind or connect; returns the endpoint actually used (a bound `*` port is resolved)."""
     if bind:
@@ -59,6 +74,8 @@ class ZmqDataPlane:
         self.output.setsockopt(zmq.SNDHWM, z.sndhwm)
         self.output.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, so subscribers can be counted
         self.output.setsockopt(zmq.LINGER, 0)
+        _secure(self.input, settings)
+        _secure(self.output, settings)
         self.input_endpoint = _open(self.input, z.input, z.input_bind)
         self.output_endpoint = _open(self.output, z.output, z.output_bind)
         self.subscribers = 0
@@ -108,12 +125,12 @@ class ZmqDataPlane:
 
     def publish(self, frame: OutputFrame) -> None:
         h, w = frame.pixels.shape[:2]
-        try:
-            self.output.send_multipart(
-                [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
-                flags=zmq.NOBLOCK,
-            )
-        except zmq.Again:  # only in connect mode before the peer is up; a bound XPUB drops silently instead
+        # A non-blocking send on the asyncio socket resolves at once; its failure is in the future, not raised.
+        sent = self.output.send_multipart(
+            [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
+            flags=zmq.NOBLOCK,
+        )
+        if sent.done() and sent.exception() is not None:  # Again: no peer yet in connect mode
             self.engine.metrics.drop("output_overflow")
 
     async def _watch_subscribers(self) -> None:
@@ -144,6 +161,7 @@ class ZmqControl:
         self.socket.setsockopt(zmq.RCVHWM, 256)
         self.socket.setsockopt(zmq.SNDHWM, 256)
         self.socket.setsockopt(zmq.LINGER, 0)
+        _secure(self.socket, settings)
         self.endpoint = _open(self.socket, settings.zmq.control, bind=True)
 
     async def run(self) -> None:
