@@ -7,6 +7,7 @@ import importlib
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "cache": ("per-chunk time with the rolling KV cache vs recomputing the history", "vidfx.benchmarking.cache"),
+    "serve": ("vidfx serve at 1/2/4 streams: FPS, latency, drops, overhead vs standalone", "vidfx.benchmarking.serve"),
 }
 
 

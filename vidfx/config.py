@@ -1,0 +1,238 @@
+"""Every setting of the streaming node, with its one default, in one place.
+
+Sources, later ones winning: these defaults → a `.env` file → `VIDFX_*` environment variables (sections
+nested with `__`, e.g. `VIDFX_ZMQ__INPUT=tcp://0.0.0.0:5555`) → command-line flags (`--zmq-input …`).
+`vidfx serve --help` lists every flag with its default and environment variable, generated from the
+models below, so a default written here is the only place it lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import types
+import typing
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vidfx.sampling import CAUSVID_STEPS
+
+ENV_PREFIX = "VIDFX_"
+ENV_NESTED = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    name: str = Field("tiny-random", description="model: a name (tiny-random, default) or a weights folder")
+    width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
+    height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
+    fit: Literal["cover", "contain", "stretch"] = Field(
+        "cover", description="input size → model size: crop to aspect, letterbox, or stretch (vidfx.frames)"
+    )
+    latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
+    window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
+    sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
+    steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
+    strength: float = Field(0.7, gt=0.0, le=1.0, description="default denoising strength (1 = ignore input)")
+    seed: int = Field(0, ge=0, description="default noise seed of a new stream")
+    context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
+    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores but one, for the I/O loop)")
+    max_batch: int = Field(4, ge=1, le=64, description="sessions' chunks batched into one DiT forward")
+    warmup_chunks: int = Field(2, ge=0, le=1000, description="chunks run on a dummy stream before ready")
+
+
+class StreamSettings(_Section):
+    idle_timeout_s: float = Field(10.0, gt=0, description="close a session after this long without frames")
+    max_sessions: int = Field(8, ge=1, description="concurrent sessions; frames of further streams are dropped")
+    max_pending_chunks: float = Field(
+        1.0, ge=1.0, description="pending input bound in chunks (+ a stream's first chunk); oldest dropped beyond"
+    )
+    flush_after_s: float = Field(
+        0.3, ge=0, description="process a partial chunk after this long without new frames (0 = never)"
+    )
+    output_queue: int = Field(64, ge=1, description="frames buffered per session for a slow consumer")
+    transition_s: float = Field(0.0, ge=0, le=600, description="default prompt transition time")
+    interpolation: Literal["linear", "slerp"] = Field("slerp", description="prompt transition curve")
+    prompt: str = Field("", description="default prompt of a new stream")
+    motion_aware: bool = Field(False, description="more noise where the scene moves less (per chunk)")
+    motion_range: float = Field(0.15, ge=0, le=1, description="motion-aware strength swing around strength")
+    motion_ref: float = Field(0.06, gt=0, le=1, description="mean |Δpixel| (0..1) counted as full motion")
+
+
+class ZmqSettings(_Section):
+    input: str = Field("tcp://127.0.0.1:5555", description="input SUB address (port * = ephemeral when bound)")
+    input_bind: bool = Field(True, description="bind the input address (else connect)")
+    output: str = Field("tcp://127.0.0.1:5556", description="output PUB address")
+    output_bind: bool = Field(True, description="bind the output address (else connect)")
+    control: str = Field("tcp://127.0.0.1:5557", description="control ROUTER address (always bound)")
+    curve_secret_key: SecretStr | None = Field(
+        None, description="Z85 CURVE secret key: encrypt every ZeroMQ socket (clients need its public key)"
+    )
+    rcvhwm: int = Field(16, ge=1, description="input receive high-water mark, messages")
+    sndhwm: int = Field(64, ge=1, description="output send high-water mark, messages")
+
+
+class HttpSettings(_Section):
+    host: str = Field("127.0.0.1", description="HTTP host for /healthz /readyz /metrics")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = ephemeral)")
+
+
+class WebRTCSettings(_Section):
+    enabled: bool = Field(True, description="serve the page (/), /offer, WHIP and WHEP on the HTTP port")
+    ice_servers: list[str] = Field(
+        [], description="STUN/TURN URLs for ICE (stun:host:port, turn:host:port?transport=udp, turns:…)"
+    )
+    turn_username: str | None = Field(None, description="username for the TURN servers")
+    turn_credential: SecretStr | None = Field(None, description="password for the TURN servers")
+    max_peers: int = Field(4, ge=1, description="WebRTC publishers (page, WHIP) at once (sessions also count)")
+    max_viewers: int = Field(16, ge=0, description="WHEP viewers at once, all streams together")
+    connect_timeout_s: float = Field(5.0, gt=0, description="drop a peer whose ICE/DTLS is not connected by then")
+    media_timeout_s: float = Field(3.0, gt=0, description="drop a publisher that sends no video for this long")
+    loopback_candidates: bool = Field(
+        False, description="also offer 127.0.0.1 host candidates (single-machine setups and tests)"
+    )
+    marker_frames: bool = Field(
+        True, description="release a received video frame on its RTP marker bit (aiortc waits for the next frame)"
+    )
+    stats_interval_s: float = Field(0.5, gt=0, le=60, description="stats period on the control data channel")
+    convert_threads: int = Field(2, ge=1, le=32, description="threads converting frames between codec and pixels")
+
+
+class LimitSettings(_Section):
+    max_width: int = Field(1920, ge=16, description="largest accepted frame width")
+    max_height: int = Field(1080, ge=16, description="largest accepted frame height")
+    max_header_bytes: int = Field(1024, ge=64, description="largest frame header")
+    max_control_bytes: int = Field(16384, ge=256, description="largest control message")
+    max_prompt_chars: int = Field(500, ge=1, description="longest prompt")
+    max_prompts: int = Field(8, ge=1, description="most prompts in a weighted blend")
+    max_steps: int = Field(8, ge=1, description="longest step list")
+    max_stream_id: int = Field(128, ge=1, description="longest stream id")
+    control_rate: float = Field(50.0, gt=0, description="control messages per second per client")
+    control_burst: int = Field(100, ge=1, description="control messages a client may send at once")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        env_file=".env",
+        extra="ignore",
+        validate_assignment=True,
+    )
+
+    model: ModelSettings = ModelSettings()
+    stream: StreamSettings = StreamSettings()
+    zmq: ZmqSettings = ZmqSettings()
+    http: HttpSettings = HttpSettings()
+    limits: LimitSettings = LimitSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
+    token: SecretStr | None = Field(
+        None, description="shared secret required on control and data messages when bound beyond loopback"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+
+# -- command-line flags generated from the models ------------------------------------------------------------
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    name: typing.get_type_hints(Settings)[name] for name in ("model", "stream", "zmq", "http", "limits", "webrtc")
+}
+
+
+def _flag(section: str | None, field: str) -> str:
+    return "--" + (f"{section}-{field}" if section else field).replace("_", "-")
+
+
+def _env(section: str | None, field: str) -> str:
+    return ENV_PREFIX + (f"{section}{ENV_NESTED}{field}" if section else field).upper()
+
+
+def _add_field(parser: argparse.ArgumentParser, section: str | None, name: str, info: Any, hint: Any) -> None:
+    dest = f"{section}{ENV_NESTED}{name}" if section else name
+    default = info.default
+    if isinstance(default, SecretStr) or name == "token":
+        default = "unset"
+    help_text = f"{info.description} (default: {default}; env {_env(section, name)})"
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help_text}
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        kwargs.update(nargs="+", type=item, metavar=item.__name__.upper())
+    elif origin is Literal:
+        kwargs.update(choices=list(typing.get_args(hint)))
+    elif hint in (int, float, str):
+        kwargs.update(type=hint, metavar=hint.__name__.upper())
+    else:  # Optional secrets and other unions come in as strings and are validated by the model
+        if origin not in (typing.Union, types.UnionType):
+            raise TypeError(f"no flag type for setting {dest}: {hint}")
+        kwargs.update(type=str, metavar="STR")
+    parser.add_argument(_flag(section, name), **kwargs)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (`--section-field`), defaulting to 'not given' so lower sources still apply."""
+    parser.add_argument("--env-file", default=".env", help="dotenv file read before the environment (default: .env)")
+    top_hints = typing.get_type_hints(Settings)
+    for name, info in Settings.model_fields.items():
+        if name in _SECTIONS:
+            group = parser.add_argument_group(f"{name} settings")
+            section_model = _SECTIONS[name]
+            hints = typing.get_type_hints(section_model)
+            for field, finfo in section_model.model_fields.items():
+                _add_field(group, name, field, finfo, hints[field])  # type: ignore[arg-type]
+        else:
+            _add_field(parser, None, name, info, top_hints[name])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from defaults, .env, environment and the flags given (flags win; nested sections merge)."""
+    overrides: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is None or dest in ("env_file", "func", "command"):
+            continue
+        if ENV_NESTED in dest:
+            section, field = dest.split(ENV_NESTED, 1)
+            if section in _SECTIONS:
+                overrides.setdefault(section, {})[field] = value
+        elif dest in Settings.model_fields:
+            overrides[dest] = value
+    return Settings(_env_file=getattr(args, "env_file", ".env"), **overrides)  # type: ignore[call-arg]
+
+
+def resolve_threads(threads: int) -> int:
+    """Torch intra-op threads for `threads` (0 = auto). Auto leaves one core to the event loop: on a small CPU
+    a worker spinning on every core starves the loop that feeds it, and throughput collapses under load."""
+    if threads > 0:
+        return threads
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+# -- address checks --------------------------------------------------------------------------------------------
+
+
+def is_loopback_address(address: str) -> bool:
+    """True for ZeroMQ endpoints (or bare hosts) only reachable from this machine: ipc/inproc, 127/8, ::1."""
+    if "://" in address:
+        scheme = address.split("://", 1)[0]
+        if scheme in ("ipc", "inproc"):
+            return True
+        host = urlsplit(address).hostname or ""
+    else:
+        host = address
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", interface names and DNS names may reach the network

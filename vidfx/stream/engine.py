@@ -1,0 +1,251 @@
+"""The streaming engine: sessions' frames → chunks → the model worker → stylised frames, with bounded latency.
+
+Threads: everything here runs on the asyncio event loop except `_run_batch`, which runs on the engine's single
+model worker thread (one worker per device: two threads would only fight over the same cores or GPU).
+The scheduler hands the worker one batch at a time — up to `max_batch` sessions whose next chunk is complete,
+oldest waiting first — and meanwhile the loop keeps receiving, so input never waits on the model. A session has
+at most one chunk in flight, which keeps its output in order and its model state single-threaded.
+
+Latency is bounded by construction: a session holds at most `pending_bound` frames (about one chunk); when
+input outruns the model the oldest are dropped and counted, so a frame waits at most one chunk to fill plus
+one model call in progress plus its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vidfx.config import Settings
+from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
+from vidfx.stream.metrics import Metrics
+from vidfx.stream.session import InputFrame, OutputFrame, Session, Sink
+
+log = logging.getLogger("vidfx.engine")
+
+
+class SessionLimitError(RuntimeError):
+    """Every session slot is taken."""
+
+
+@dataclass
+class ChunkJob:
+    """One session's chunk on its way to the worker: a snapshot, so the loop may keep steering meanwhile."""
+
+    session: Session
+    frames: list[InputFrame]
+    pixels: np.ndarray  # (T, H, W, 3) uint8, padded with the last frame when `real` < T
+    real: int  # frames to emit
+    params: StreamParams
+    reset: bool
+
+
+def default_params(settings: Settings) -> StreamParams:
+    return StreamParams.from_settings(settings.model, settings.stream)
+
+
+class Engine:
+    def __init__(self, pipeline: StylePipeline, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.metrics = metrics or Metrics(pipeline.name, settings.model.device)
+        self.sessions: dict[str, Session] = {}
+        self.ready = False
+        self.batch = settings.model.max_batch > 1
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidfx-model")
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.transport_status: dict[str, Any] = {}  # what transports report in `status` (e.g. subscribers)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Warm the model up on the worker, then start scheduling. `ready` turns true at the end."""
+        loop = asyncio.get_running_loop()
+        state = None
+        for _ in range(self.settings.model.warmup_chunks):  # chunk by chunk: a shutdown waits for one at most
+            state = await loop.run_in_executor(self._worker, self.pipeline.warm_up, 1, state)
+        self._tasks = [asyncio.create_task(self._schedule(), name="vidfx-scheduler"),
+                       asyncio.create_task(self._reap(), name="vidfx-reaper")]  # fmt: skip
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Finish the model call in progress, close every session, stop the worker."""
+        self.ready = False
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            if task.get_name() == "vidfx-reaper":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sid in list(self.sessions):
+            self.close_session(sid)
+        self._worker.shutdown(wait=True)
+
+    # -- sessions --------------------------------------------------------------------------------------------
+    def open_session(self, stream_id: str, sink: Sink | None = None, params: StreamParams | None = None) -> Session:
+        if stream_id in self.sessions:
+            raise ValueError(f"session {stream_id!r} is already open")
+        if len(self.sessions) >= self.settings.stream.max_sessions:
+            raise SessionLimitError(f"all {self.settings.stream.max_sessions} session slots are in use")
+        session = Session(stream_id, self, params or default_params(self.settings), sink)
+        self.sessions[stream_id] = session
+        self.metrics.sessions.set(len(self.sessions))
+        log.info("session %s opened", stream_id)
+        return session
+
+    def session(self, stream_id: str) -> Session | None:
+        return self.sessions.get(stream_id)
+
+    def close_session(self, stream_id: str) -> None:
+        session = self.sessions.pop(stream_id, None)
+        if session is None:
+            return
+        session.close()
+        self.metrics.sessions.set(len(self.sessions))
+        self._update_depth()
+        log.info("session %s closed (%d in, %d out)", stream_id, session.frames_in, session.frames_out)
+
+    def frames_needed(self, session: Session) -> int:
+        st = session.model_state
+        first = st is None or session.reset_requested or st.first
+        return self.pipeline.frames_per_chunk(first)
+
+    def pending_bound(self, session: Session) -> int:
+        """Frames a session may hold before the oldest are dropped: `max_pending_chunks` chunks — plus, while
+        the stream's short first chunk is pending, that chunk (a burst at stream start is not an overload)."""
+        need = self.frames_needed(session)
+        chunk = self.pipeline.frames_per_chunk(False)
+        bound = math.ceil(self.settings.stream.max_pending_chunks * chunk)
+        return need + bound if need < chunk else max(need, bound)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def deliver(self, session: Session, frame: OutputFrame) -> None:
+        """Send one output frame (event loop)."""
+        try:
+            session.emit(frame)
+        except Exception:  # a transport's sink failing must not take the engine down
+            log.exception("output of session %s failed", session.id)
+            return
+        self.metrics.frames_emitted.inc()
+        self.metrics.e2e_latency.observe(time.monotonic() - frame.received)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "model": self.pipeline.name,
+            "sessions": {sid: s.status() for sid, s in self.sessions.items()},
+            "dropped": self.metrics.dropped(),
+            "frames_per_chunk": [self.pipeline.frames_per_chunk(True), self.pipeline.frames_per_chunk(False)],
+            "resolution": [self.settings.model.width, self.settings.model.height],
+            **self.transport_status,
+        }
+
+    # -- scheduling -------------------------------------------------------------------------------------------
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.set(sum(len(s.pending) for s in self.sessions.values()))
+
+    def _take_jobs(self, now: float) -> tuple[list[ChunkJob], float | None]:
+        """The next batch of complete chunks, and when a partial chunk will be due if nothing is ready."""
+        flush = self.settings.stream.flush_after_s
+        ready: list[Session] = []
+        next_due: float | None = None
+        for s in self.sessions.values():
+            if s.in_flight or s.paused or not s.pending:
+                continue
+            if len(s.pending) >= self.frames_needed(s):
+                ready.append(s)
+            elif flush > 0:
+                due = s.pending[-1].received + flush
+                if due <= now:
+                    ready.append(s)
+                else:
+                    next_due = due if next_due is None else min(next_due, due)
+        ready.sort(key=lambda s: s.pending[0].received)
+        jobs = []
+        for s in ready[: self.settings.model.max_batch]:
+            need = self.frames_needed(s)
+            frames = [s.pending.popleft() for _ in range(min(need, len(s.pending)))]
+            stack = [f.pixels for f in frames] + [frames[-1].pixels] * (need - len(frames))
+            jobs.append(ChunkJob(s, frames, np.stack(stack), len(frames), s.params, s.reset_requested))
+            s.reset_requested = False
+            s.in_flight = True
+        return jobs, next_due
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            jobs, next_due = self._take_jobs(time.monotonic())
+            self._update_depth()
+            if not jobs:
+                timeout = None if next_due is None else max(next_due - time.monotonic(), 0.001)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+                continue
+            started = time.monotonic()
+            results = await loop.run_in_executor(self._worker, self._run_batch, jobs)
+            self.metrics.chunk_latency.observe(time.monotonic() - started)
+            self.metrics.batch_size.observe(len(jobs))
+            for job, out in zip(jobs, results, strict=True):
+                try:
+                    self._finish(job, out)
+                except Exception:  # one session's delivery failing must not stop the others or the scheduler
+                    log.exception("delivering session %s's chunk failed", job.session.id)
+                    job.session.in_flight = False
+
+    def _finish(self, job: ChunkJob, out: np.ndarray | Exception) -> None:
+        s = job.session
+        s.in_flight = False
+        if s.closed:
+            return
+        if isinstance(out, Exception):
+            s._drop("error", job.real)
+            s.model_state = None  # start the stream afresh rather than continue from a half-advanced state
+        else:
+            s.chunks += 1
+            self.metrics.chunks.inc()
+            for f, pixels in zip(job.frames, out[: job.real], strict=True):
+                self.deliver(s, OutputFrame(s.id, f.seq, f.pts_us, pixels, f.received, stylized=True))
+        if s.paused:
+            s.pass_through()
+
+    def _run_batch(self, jobs: Sequence[ChunkJob]) -> list[np.ndarray | Exception]:
+        """Worker thread: the model work of one batch. Exceptions become per-job results, never escape."""
+        try:
+            requests = []
+            for job in jobs:
+                if job.session.model_state is None:
+                    job.session.model_state = self.pipeline.new_stream_state(job.params)
+                elif job.reset:
+                    job.session.model_state.reset()
+                state = job.session.model_state
+                requests.append(ChunkRequest(state, job.pixels, job.params, job.frames[0].pts_us))
+            return list(self.pipeline.process_chunks(requests, batch=self.batch))
+        except Exception as exc:
+            # The batch's states may be half advanced: every job of it fails and its session starts afresh.
+            log.exception("chunk of sessions %s failed", ", ".join(j.session.id for j in jobs))
+            return [exc] * len(jobs)
+
+    async def _reap(self) -> None:
+        idle = self.settings.stream.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            now = time.monotonic()
+            for sid, s in list(self.sessions.items()):
+                if not s.in_flight and now - s.last_activity > idle:
+                    log.info("session %s idle for %.1f s", sid, now - s.last_activity)
+                    self.close_session(sid)

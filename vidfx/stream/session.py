@@ -1,0 +1,192 @@
+"""One live stream as the transports see it: frames in, steering, stylised frames out.
+
+A `Session` is transport-neutral. A transport (ZeroMQ today, WebRTC next) calls
+
+    session = engine.open_session("cam-1", sink=callback_or_None)
+    session.submit(pixels_uint8_HxWx3, pts_us, seq)          # never blocks; drops the oldest when overloaded
+    session.update(prompts=(("a watercolor", 1.0),), strength=0.6)
+    async for out in session.frames(): ...                   # or, with a sink, sink(out) on the event loop
+
+and the engine takes chunks from it, runs them on the model worker and emits `OutputFrame`s carrying the
+input frame's `seq` and `pts_us`.
+
+Lifecycle: opened by `Engine.open_session` (first frame of a stream id, a control `set`, or a WebRTC peer);
+fed and steered on the event loop; closed by `Engine.close_session` (idle timeout, hang-up or shutdown), which
+drops and counts its pending frames and ends `frames()`. Everything here runs on the event loop; the model
+state (`model_state`) is only touched by the worker while `in_flight` is set, and by nobody otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vidfx.pipeline import StreamParams, StreamState
+
+if TYPE_CHECKING:
+    from vidfx.stream.engine import Engine
+
+
+@dataclass(slots=True)
+class InputFrame:
+    pixels: np.ndarray  # (H, W, 3) uint8
+    seq: int
+    pts_us: int
+    received: float  # time.monotonic() on arrival
+
+
+@dataclass(slots=True)
+class OutputFrame:
+    stream: str
+    seq: int  # the input frame's
+    pts_us: int  # the input frame's
+    pixels: np.ndarray  # (H, W, 3) uint8, the input's size
+    received: float  # when the input frame arrived (time.monotonic())
+    stylized: bool  # False for frames passed through while paused
+
+
+Sink = Callable[[OutputFrame], None]
+
+
+class Session:
+    def __init__(self, stream_id: str, engine: Engine, params: StreamParams, sink: Sink | None = None) -> None:
+        self.id = stream_id
+        self.engine = engine
+        self.params = params
+        self.sink = sink
+        self.taps: list[Sink] = []  # more observers of the output (WHEP viewers), called before the sink
+        self.pending: deque[InputFrame] = deque()
+        self.output: asyncio.Queue[OutputFrame | None] = asyncio.Queue(engine.settings.stream.output_queue)
+        self.model_state: StreamState | None = None  # created by the worker on the first chunk
+        self.in_flight = False
+        self.paused = False
+        self.reset_requested = False
+        self.closed = False
+        self.opened = time.monotonic()
+        self.last_activity = self.opened
+        self.last_seq: int | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.chunks = 0
+        self.dropped: dict[str, int] = {}
+
+    # -- input ---------------------------------------------------------------------------------------------
+    def submit(self, pixels: np.ndarray, pts_us: int, seq: int | None = None) -> bool:
+        """Queue one frame (H, W, 3) uint8. Returns False if the session is closed. Never blocks: beyond the
+        pending bound the oldest frames are dropped (counted as `overload`), so latency stays bounded."""
+        if self.closed:
+            return False
+        now = time.monotonic()
+        if seq is None:
+            seq = 0 if self.last_seq is None else self.last_seq + 1
+        if self.last_seq is not None and seq > self.last_seq + 1:
+            self._drop("gap", seq - self.last_seq - 1)  # lost before reaching us (publisher HWM, network)
+        self.last_seq = seq
+        self.frames_in += 1
+        self.last_activity = now
+        if self.pending and self.pending[-1].pixels.shape != pixels.shape:
+            self._drop("resized", len(self.pending))
+            self.pending.clear()
+        self.pending.append(InputFrame(pixels, seq, pts_us, now))
+        if self.paused and not self.in_flight:
+            self.pass_through()
+            return True
+        bound = self.engine.pending_bound(self)
+        while len(self.pending) > bound:
+            self.pending.popleft()
+            self._drop("overload")
+        # The scheduler only needs to look when a chunk completes, or to arm the partial-chunk flush timer.
+        if len(self.pending) == 1 or len(self.pending) >= self.engine.frames_needed(self):
+            self.engine.wake()
+        return True
+
+    # -- steering ------------------------------------------------------------------------------------------
+    def update(self, **changes: Any) -> StreamParams:
+        """Change steering parameters (fields of `StreamParams`); applied from the next chunk on."""
+        self.params = self.params.with_(**changes)
+        self.last_activity = time.monotonic()
+        return self.params
+
+    def reset(self) -> None:
+        """Forget the video so far (KV cache, autoencoder caches, motion); prompt and parameters stay."""
+        self.reset_requested = True
+        self.last_activity = time.monotonic()
+        self.engine.wake()
+
+    def pause(self) -> None:
+        """Stop stylising: frames pass through unchanged, the model state is kept for `resume`."""
+        self.paused = True
+        self.last_activity = time.monotonic()
+        if not self.in_flight:
+            self.pass_through()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.last_activity = time.monotonic()
+        self.engine.wake()
+
+    # -- output --------------------------------------------------------------------------------------------
+    async def frames(self) -> AsyncIterator[OutputFrame]:
+        """Stylised frames in order until the session closes (when no sink is set)."""
+        while True:
+            item = await self.output.get()
+            if item is None:
+                return
+            yield item
+
+    def emit(self, frame: OutputFrame) -> None:
+        self.frames_out += 1
+        for tap in tuple(self.taps):
+            tap(frame)
+        if self.sink is not None:
+            self.sink(frame)
+            return
+        if self.output.full():
+            self.output.get_nowait()
+            self._drop("output_overflow")
+        self.output.put_nowait(frame)
+
+    def pass_through(self) -> None:
+        """Emit every pending frame unchanged (paused session, nothing in flight)."""
+        while self.pending:
+            f = self.pending.popleft()
+            self.engine.deliver(self, OutputFrame(self.id, f.seq, f.pts_us, f.pixels, f.received, stylized=False))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._drop("closed", len(self.pending))
+        self.pending.clear()
+        if self.output.full():
+            self.output.get_nowait()
+        self.output.put_nowait(None)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------------
+    def _drop(self, reason: str, n: int = 1) -> None:
+        if n > 0:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+            self.engine.metrics.drop(reason, n)
+
+    def status(self) -> dict[str, Any]:
+        p = asdict(self.params)
+        p["prompts"] = [{"text": t, "weight": w} for t, w in self.params.prompts]
+        p["steps"] = list(self.params.steps)
+        return {
+            "stream": self.id,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "chunks": self.chunks,
+            "dropped": dict(self.dropped),
+            "pending": len(self.pending),
+            "paused": self.paused,
+            "idle_s": round(time.monotonic() - self.last_activity, 3),
+            "strength_now": round(self.model_state.last_strength, 4) if self.model_state else None,
+            "params": p,
+        }

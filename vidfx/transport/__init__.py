@@ -1,0 +1,1 @@
+"""Transports: how frames and control messages reach sessions (ZeroMQ, HTTP probes; WebRTC next)."""

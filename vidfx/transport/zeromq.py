@@ -1,0 +1,180 @@
+"""ZeroMQ transport: the data plane (input SUB, output XPUB) and the control channel (ROUTER).
+
+Data: two-part messages `[msgpack header, raw rgb24 pixels]` (see `vidfx.protocol`). One session per `stream`
+id, opened on its first frame. The input socket keeps a small receive HWM and the receive loop drains every
+queued message at once, handing each to its session, whose bounded pending buffer keeps only the newest frames
+(CONFLATE would be simpler but drops multipart messages' parts). Output is an XPUB so the node can count its
+subscribers (status, /metrics); it publishes like a PUB and never blocks (frames beyond the HWM are dropped by
+ZeroMQ for that subscriber only).
+
+Control: a ROUTER; the last frame of a message is the msgpack request, the frames before it (identity, and
+the empty delimiter of REQ clients) are echoed back with the reply, so DEALER and REQ clients both work.
+
+This module knows frames, sockets and sessions — nothing about models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from vidfx.config import Settings
+from vidfx.protocol import FRAME_FORMATS, ProtocolError, frame_header, pack, parse_frame
+from vidfx.stream.control import ControlHandler, check_token
+from vidfx.stream.engine import Engine, SessionLimitError
+from vidfx.stream.session import OutputFrame
+
+log = logging.getLogger("vidfx.zmq")
+
+_DRAIN_MAX = 1024  # messages handled per wake-up before yielding to the rest of the loop
+
+
+def curve_public_key(settings: Settings) -> str | None:
+    """The Z85 public key clients need (`socket.curve_serverkey`), when CURVE is on."""
+    key = settings.zmq.curve_secret_key
+    return zmq.curve_public(key.get_secret_value().encode()).decode() if key else None
+
+
+def _secure(sock: zmq.asyncio.Socket, settings: Settings) -> None:
+    """CURVE server role (independent of bind/connect): traffic is encrypted, and only clients that know the
+    node's public key can talk to it."""
+    key = settings.zmq.curve_secret_key
+    if key is not None:
+        sock.curve_secretkey = key.get_secret_value().encode()
+        sock.curve_server = True
+
+
+def _open(sock: zmq.asyncio.Socket, address: str, bind: bool) -> str:
+    """Bind or connect; returns the endpoint actually used (a bound `*` port is resolved)."""
+    if bind:
+        sock.bind(address)
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.connect(address)
+    return address
+
+
+class ZmqDataPlane:
+    def __init__(self, ctx: zmq.asyncio.Context, engine: Engine, settings: Settings, token: str | None) -> None:
+        z, lim = settings.zmq, settings.limits
+        self.engine = engine
+        self.limits = lim
+        self.token = token
+        self.input = ctx.socket(zmq.SUB)
+        self.input.setsockopt(zmq.RCVHWM, z.rcvhwm)
+        # A peer sending anything larger than the largest allowed frame is disconnected by ZeroMQ itself.
+        self.input.setsockopt(zmq.MAXMSGSIZE, lim.max_width * lim.max_height * max(FRAME_FORMATS.values()))
+        self.input.setsockopt(zmq.LINGER, 0)
+        self.input.setsockopt(zmq.SUBSCRIBE, b"")
+        self.output = ctx.socket(zmq.XPUB)
+        self.output.setsockopt(zmq.SNDHWM, z.sndhwm)
+        self.output.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, so subscribers can be counted
+        self.output.setsockopt(zmq.LINGER, 0)
+        _secure(self.input, settings)
+        _secure(self.output, settings)
+        self.input_endpoint = _open(self.input, z.input, z.input_bind)
+        self.output_endpoint = _open(self.output, z.output, z.output_bind)
+        self.subscribers = 0
+        self._warned: set[str] = set()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._receive(), self._watch_subscribers())
+
+    async def _receive(self) -> None:
+        while True:
+            parts = await self.input.recv_multipart(copy=False)
+            self._handle(parts)
+            for _ in range(_DRAIN_MAX):
+                try:
+                    parts = await self.input.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._handle(parts)
+
+    def _handle(self, parts: list[zmq.Frame]) -> None:
+        metrics = self.engine.metrics
+        metrics.frames_received.inc()
+        try:
+            if len(parts) != 2:
+                raise ProtocolError(f"a frame is 2 message parts (header, pixels), got {len(parts)}")
+            header = parse_frame(parts[0].bytes, parts[1].buffer, self.limits)
+        except ProtocolError as exc:
+            metrics.drop("malformed")
+            self._warn_once("malformed", f"dropping malformed frame: {exc}")
+            return
+        if not check_token(header.token, self.token):
+            metrics.drop("unauthorized")
+            self._warn_once("unauthorized", "dropping frames without the right token")
+            return
+        session = self.engine.session(header.stream)
+        if session is None:
+            try:
+                session = self.engine.open_session(header.stream, sink=self.publish)
+            except SessionLimitError:
+                metrics.drop("too_many_sessions")
+                self._warn_once("too_many_sessions", f"dropping stream {header.stream!r}: all sessions in use")
+                return
+        elif session.sink is None:
+            session.sink = self.publish  # opened by a control `set` before its first frame
+        pixels = np.frombuffer(parts[1].buffer, np.uint8).reshape(header.h, header.w, 3)  # zero-copy view
+        session.submit(pixels, header.pts_us, header.seq)
+
+    def publish(self, frame: OutputFrame) -> None:
+        h, w = frame.pixels.shape[:2]
+        # A non-blocking send on the asyncio socket resolves at once; its failure is in the future, not raised.
+        sent = self.output.send_multipart(
+            [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
+            flags=zmq.NOBLOCK,
+        )
+        if sent.done() and sent.exception() is not None:  # Again: no peer yet in connect mode
+            self.engine.metrics.drop("output_overflow")
+
+    async def _watch_subscribers(self) -> None:
+        while True:
+            msg = await self.output.recv()
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+            elif msg[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+            self.engine.metrics.output_subscribers.set(self.subscribers)
+            self.engine.transport_status["output_subscribers"] = self.subscribers
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        level = logging.DEBUG if kind in self._warned else logging.WARNING
+        self._warned.add(kind)
+        log.log(level, message)
+
+    def close(self) -> None:
+        self.input.close(0)
+        self.output.close(0)
+
+
+class ZmqControl:
+    def __init__(self, ctx: zmq.asyncio.Context, handler: ControlHandler, settings: Settings) -> None:
+        self.handler = handler
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, settings.limits.max_control_bytes * 4)
+        self.socket.setsockopt(zmq.RCVHWM, 256)
+        self.socket.setsockopt(zmq.SNDHWM, 256)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        _secure(self.socket, settings)
+        self.endpoint = _open(self.socket, settings.zmq.control, bind=True)
+
+    async def run(self) -> None:
+        while True:
+            parts = await self.socket.recv_multipart()
+            if len(parts) < 2:
+                continue
+            envelope, payload = parts[:-1], parts[-1]
+            reply: dict[str, Any] = self.handler.handle(payload, client=envelope[0].hex())
+            try:
+                await self.socket.send_multipart([*envelope, pack(reply)], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:  # the client is gone or not reading: its reply is dropped, nobody else's
+                log.debug("reply to %s dropped", envelope[0].hex())
+
+    def close(self) -> None:
+        self.socket.close(0)
