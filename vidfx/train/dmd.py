@@ -113,7 +113,7 @@ def generate_from_data(
 
 def rollout(
     generator: CausalDiT,
-    noise: torch.Tensor,
+    start: torch.Tensor,
     text: torch.Tensor,
     sigmas: Sequence[float],
     chunk_frames: int,
@@ -125,11 +125,12 @@ def rollout(
 ) -> torch.Tensor:
     """Chunk-by-chunk generation through the generator's KV cache; returns x₀ (B, C, F, H, W).
 
-    noise: (B, C, F, H, W), F a multiple of chunk_frames. `exits[c]`: the step index at which chunk c stops
+    start: the clip at sigmas[0] (B, C, F, H, W) — pure noise from σ = 1, or noised input latents for
+    video-to-video — F a multiple of chunk_frames. `exits[c]`: the step index at which chunk c stops
     (default: the last — plain few-step inference); with `grad`, that step carries gradient. `window_frames`:
     the cache's window (default: the whole clip; smaller rolls it, for long-video evaluation).
     """
-    b, _, frames, h, w = noise.shape
+    b, _, frames, h, w = start.shape
     n_chunks = frames // chunk_frames
     if n_chunks * chunk_frames != frames:
         raise ValueError(f"{frames} latent frames are not whole chunks of {chunk_frames}")
@@ -139,7 +140,7 @@ def rollout(
         cross = generator.cross_attention_cache(text)
     outputs = []
     for c in range(n_chunks):
-        x = noise[:, :, c * chunk_frames : (c + 1) * chunk_frames]
+        x = start[:, :, c * chunk_frames : (c + 1) * chunk_frames]
         x0 = x
         for i in range(exits[c] + 1):
             with torch.set_grad_enabled(grad and i == exits[c]):
