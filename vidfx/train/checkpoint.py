@@ -222,7 +222,8 @@ ROLE_ORDER = ("generator", "teacher", "fake_score")
 def read_weights(path: str | Path, role: str | None = None, ema: bool = True) -> dict[str, torch.Tensor]:
     """Plain module weights from a run folder (its latest checkpoint), a checkpoint folder, or a safetensors
     file/folder of plain or CausVid-style weights. With `ema`, `<role>_ema` is used when present.
-    `role` None picks the first present of generator, teacher, fake_score."""
+    `role` picks an entry of a vidfx checkpoint (None: the first present of generator, teacher, fake_score);
+    plain weights are returned whatever the role."""
     path = Path(path)
     if path.is_dir() and (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path)
@@ -235,9 +236,7 @@ def read_weights(path: str | Path, role: str | None = None, ema: bool = True) ->
     roles = {k.split(".", 1)[0] for k in state}
     known = [r for r in ROLE_ORDER if r in roles]
     if not known:
-        if role is not None:
-            raise CheckpointError(f"{path}: plain weights, no '{role}' entry")
-        return state
+        return state  # plain module weights (an official release): they are whatever role asks for them
     chosen = role or known[0]
     for name in (chosen + "_ema", chosen) if ema else (chosen,):
         if name in roles:

@@ -82,9 +82,13 @@ def guided_x0(
 
 
 def dmd_direction(x: torch.Tensor, fake_x0: torch.Tensor, real_x0: torch.Tensor) -> torch.Tensor:
-    """(fake − real) normalised per sample by mean|x − real| (DMD eq. 8); NaN/inf (a zero normaliser) → 0."""
+    """(fake − real) normalised per sample by mean|x − real| (DMD eq. 8).
+
+    A zero normaliser (x equal to the real score's x₀) makes the direction 0/0 or ±inf; those entries become 0
+    — no information — where CausVid's `nan_to_num` turns ±inf into ±3.4e38 that only gradient clipping tames.
+    """
     normaliser = (x - real_x0).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
-    return torch.nan_to_num((fake_x0 - real_x0) / normaliser)
+    return torch.nan_to_num((fake_x0 - real_x0) / normaliser, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def dmd_loss(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
