@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
+    "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
 }
 
 

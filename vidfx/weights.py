@@ -87,8 +87,14 @@ def select_generator(state: Mapping[str, torch.Tensor], entry: str | None = None
     return strip_wrappers({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
-def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
-    """Copy `state` into `module`, demanding exactly its names and shapes; errors name `source`."""
+def load_into(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | Path, assign: bool = False
+) -> None:
+    """Copy `state` into `module`, demanding exactly its names and shapes; errors name `source`.
+
+    `assign=True` makes the state's tensors the module's parameters instead of copying them: the way to fill
+    a module built on the meta device (copying into meta tensors would silently do nothing).
+    """
     own = module.state_dict()
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
@@ -100,7 +106,7 @@ def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source
                 shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
                 parts.append(f"{len(names)} {label}: {shown}")
         raise CheckpointError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(dict(state), strict=True)
+    module.load_state_dict(dict(state), strict=True, assign=assign)
 
 
 def _flatten(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:

@@ -8,3 +8,22 @@ Contract (both the Wan VAE and the tiny autoencoder):
   * streaming: `StreamEncoder`/`StreamDecoder` objects own the causal-conv caches of one stream, so feeding a
     clip chunk by chunk gives the same result as the whole clip at once.
 """
+
+from vidfx.autoencoder.base import CausalCache, StreamDecoder, StreamEncoder, VideoAutoencoder
+from vidfx.autoencoder.loading import build_autoencoder, load_autoencoder, save_autoencoder
+from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
+from vidfx.autoencoder.wan_vae import WanVAE, WanVAEConfig
+
+__all__ = [
+    "CausalCache",
+    "StreamDecoder",
+    "StreamEncoder",
+    "TinyAEConfig",
+    "TinyAutoencoder",
+    "VideoAutoencoder",
+    "WanVAE",
+    "WanVAEConfig",
+    "build_autoencoder",
+    "load_autoencoder",
+    "save_autoencoder",
+]
