@@ -509,3 +509,135 @@ def test_teacher_sigmas_grid_is_merged_monotone() -> None:
     grid = merged_grid(50, 8.0, step_sigmas([1000, 757, 522]))
     assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
     assert len(grid) >= len(teacher_sigmas(50))
+
+
+# -- data: real videos, real (untrained) autoencoder, real text encoder ------------------------------------
+
+
+def write_video(path: Path, frames: list, fps: int = 24) -> None:
+    """An H.264 mp4 of uint8 (H, W, 3) frames, through PyAV."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0", "preset": "ultrafast"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def gray_video(path: Path, n: int, fps: int = 24) -> None:
+    import numpy as np
+
+    write_video(path, [np.full((48, 64, 3), 10 + 6 * i, dtype=np.uint8) for i in range(n)], fps)
+
+
+def test_decoding_resamples_to_the_target_rate_and_size(tmp_path: Path) -> None:
+    from vidfx.train.data import decode_frames
+
+    gray_video(tmp_path / "a.mp4", 36, fps=24)
+    frames = list(decode_frames(tmp_path / "a.mp4", fps=8, size=(32, 40)))
+    assert len(frames) == 12 and frames[0].shape == (32, 40, 3)
+    levels = [float(f.mean()) for f in frames]
+    for k, level in enumerate(levels):
+        assert abs(level - (10 + 6 * 3 * k)) < 2.5, (k, level)  # output frame k shows source frame 3k
+
+
+def test_captions_file_is_validated_and_the_split_is_stable(tmp_path: Path) -> None:
+    from vidfx.train.data import read_captions, split_of
+
+    (tmp_path / "captions.jsonl").write_text('{"file": "a.mp4", "captions": ["x", "y"], "look": "ink"}\n\n')
+    assert read_captions(tmp_path)["a.mp4"].captions == ("x", "y")
+    (tmp_path / "captions.jsonl").write_text('{"file": "a.mp4", "captions": []}\n')
+    with pytest.raises(ValueError, match="captions.jsonl:1"):
+        read_captions(tmp_path)
+    names = [f"v{i}.mp4" for i in range(400)]
+    held = [n for n in names if split_of(n, 0.25) == "heldout"]
+    assert 70 < len(held) < 130 and held == [n for n in names if split_of(n, 0.25) == "heldout"]
+
+
+def test_encoding_caches_latents_and_every_caption_and_resumes(tmp_path: Path) -> None:
+    import json
+
+    from vidfx.autoencoder import load_autoencoder
+    from vidfx.text import HashTextEncoder
+    from vidfx.train.data import encode_dataset
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name, n in (("a.mp4", 20), ("b.mp4", 11)):
+        gray_video(videos / name, n, fps=8)
+    lines = [
+        {"file": "a.mp4", "captions": ["a gray fade", "slow fade to white"], "look": None},
+        {"file": "b.mp4", "captions": ["another fade"], "look": "ink"},
+    ]
+    (videos / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    ae, text = load_autoencoder("random:tiny"), HashTextEncoder()
+    kw = {"frames": 9, "fps": 8, "size": (32, 32), "shard_size": 1, "progress": False}
+    assert encode_dataset(videos, tmp_path / "lat", ae, text, **kw) == 3  # a: 2 clips of 9 frames, b: 1
+    data = LatentDataset(tmp_path / "lat")
+    assert data.latent_shape == (16, 3, 4, 4) and data.text_shape == (16, 64)
+    assert len(data.captions_of(0)) == 2 and len(data.captions_of(2)) == 1
+    assert torch.equal(data.captions_of(2)[0], text.encode(["another fade"])[0])
+    assert data.meta["looks"] == [None, None, "ink"]
+    from vidfx.train.data import iter_clips
+
+    first = next(iter_clips(videos, 9, 8, (32, 32)))
+    assert torch.allclose(data.reader.row("latents", 0), ae.encode(first.frames[None])[0], atol=1e-5)
+    # A run killed after two shards: drop the last one from the manifest; re-running restores it exactly.
+    manifest = json.loads((tmp_path / "lat" / "manifest.json").read_text())
+    last = data.reader.row("latents", 2).clone()
+    manifest["shards"], manifest["count"] = manifest["shards"][:2], 2
+    for key in ("files", "clip_index", "captions", "looks"):
+        manifest["meta"][key] = manifest["meta"][key][:2]
+    (tmp_path / "lat" / "manifest.json").write_text(json.dumps(manifest))
+    assert encode_dataset(videos, tmp_path / "lat", ae, text, **kw) == 3
+    assert torch.equal(LatentDataset(tmp_path / "lat").reader.row("latents", 2), last)
+
+
+# -- a real kill ------------------------------------------------------------------------------------------
+
+
+def test_a_killed_training_process_resumes_with_the_same_next_loss(workdir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toml = tmp_path / "teacher.toml"
+    model = ", ".join(f"{k} = {v}" for k, v in SPEC.overrides.items())
+    body = (
+        f'latents = "{workdir / "latents"}"\n[run]\nout = "{tmp_path / "killed"}"\nsteps = 100000\n'
+        "batch_size = 2\nsave_every = 1\nprogress = false\n"
+        f'[model]\npreset = "tiny"\noverrides = {{ {model} }}\n[optim]\nlr = 1e-3\n'
+    )
+    toml.write_text(body)
+    code = (
+        "import sys, torch; torch.set_num_threads(1); import argparse; from vidfx.commands import train; "
+        "p = argparse.ArgumentParser(); train.register(p); a = p.parse_args(sys.argv[1:]); a.func(a)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, "teacher", "--config", str(toml)], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "killed" / "checkpoints" / "step_00000004").exists():
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = latest_checkpoint(tmp_path / "killed")
+    assert killed_at is not None, "the process never checkpointed"
+    step = int(killed_at.name.split("_")[1])
+    cfg = load_config(TeacherConfig, toml)
+    resumed = TeacherStage(cfg)
+    resumed.fit(step + 1)
+    assert resumed.history[-1]["step"] == step
+    cfg.run.out = str(tmp_path / "whole")
+    whole = TeacherStage(cfg)
+    whole.fit(step + 1)
+    assert resumed.history[-1] == whole.history[-1]

@@ -11,6 +11,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
+    "train": ("CausVid recipe: encode, teacher, ode-pairs, student-init, dmd", "vidfx.commands.train"),
+    "eval": ("offline metrics: Fréchet proxy, flicker, drift, video-to-video", "vidfx.commands.eval"),
 }
 
 

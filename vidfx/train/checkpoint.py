@@ -214,6 +214,17 @@ def load_checkpoint(
     return meta
 
 
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The msgpack metadata (stage, step, seed, history, …) of a checkpoint folder or a run's newest."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: run folder has no complete checkpoint")
+        path = latest
+    return msgpack.unpackb((path / "state.msgpack").read_bytes(), raw=False, strict_map_key=False)
+
+
 # -- weights for the next stage ----------------------------------------------------------------------------
 
 ROLE_ORDER = ("generator", "teacher", "fake_score")

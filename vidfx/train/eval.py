@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from vidfx.model.wan_dit import CausalDiT
 from vidfx.sampling import sample_euler, sdedit_steps, shift_sigma, step_sigmas, teacher_sigmas, with_cfg
+from vidfx.train.data import FrameEncoder, PromptEncoder
 from vidfx.train.dmd import rollout
 from vidfx.train.flow import null_text
 
@@ -332,3 +333,35 @@ def evaluate_v2v(
             }
         )
     return rows
+
+
+def load_eval_set(
+    videos: str,
+    frames: int,
+    fps: float,
+    size: tuple[int, int],
+    heldout: float,
+    autoencoder: FrameEncoder,
+    text_encoder: PromptEncoder,
+    max_clips: int | None = None,
+    max_clips_per_video: int | None = None,
+    split: str = "heldout",
+) -> EvalSet:
+    """The held-out clips of a video folder (vidfx.train.data format), their first captions' embeddings and
+    their latents."""
+    from vidfx.train.data import iter_clips
+
+    clips = []
+    for clip in iter_clips(videos, frames, fps, size, split, heldout, max_clips_per_video):
+        clips.append(clip)
+        if max_clips is not None and len(clips) >= max_clips:
+            break
+    if len(clips) < 2:
+        raise ValueError(f"{videos}: {len(clips)} {split} clip(s); evaluation needs at least two")
+    pixels = torch.stack([c.frames for c in clips])
+    with torch.no_grad():
+        latents = torch.cat(
+            [autoencoder.encode(pixels[i : i + 4]).float().cpu() for i in range(0, len(pixels), 4)]
+        )
+        text = text_encoder.encode([c.captions[0] for c in clips]).float().cpu()
+    return EvalSet(pixels, text, latents, [c.look for c in clips])
