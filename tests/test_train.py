@@ -764,3 +764,15 @@ def test_ddp_and_fsdp_under_torchrun_agree_and_resume(workdir: Path, tmp_path: P
             for name in a:
                 if "loss" in name:
                     assert math.isclose(a[name], b[name], rel_tol=1e-4, abs_tol=1e-6), (key, name)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.toml"))
+)
+def test_example_configs_load(path: Path) -> None:
+    from vidfx.train.ablation import AblationConfig
+
+    kinds = {"teacher": TeacherConfig, "ode": OdePairsConfig, "student": StudentInitConfig, "dmd": DMDConfig}
+    cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), AblationConfig)
+    cfg = load_config(cls, path)
+    assert cfg.model.build().dim > 0

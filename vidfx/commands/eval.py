@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from vidfx.train.data import iter_clips
     from vidfx.train.distributed import pick_device
     from vidfx.train.eval import (
+        Standardize,
         clip_features,
         evaluate_drift,
         evaluate_t2v,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         net = train_feature_net(
             torch.stack([c.frames for c in clips]), labels, args.feature_steps, seed=args.seed
         )
+    net = Standardize(net, data.clips)
     ref = clip_features(net, data.clips)
     shape = tuple(data.latents.shape[1:])
 

@@ -23,6 +23,7 @@ learning rates default to values that move tiny models in a few thousand steps; 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from vidfx.train.distributed import pick_device
 from vidfx.train.dmd import DMDStage
 from vidfx.train.eval import (
     EvalSet,
+    Standardize,
     clip_features,
     evaluate_drift,
     evaluate_t2v,
@@ -239,7 +241,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
         cfg.eval_clips,
         cfg.max_clips_per_video,
     )
-    net = _feature_net(cfg, size)
+    net = Standardize(_feature_net(cfg, size), data.clips)
     ref = clip_features(net, data.clips)
     latent_shape = tuple(data.latents.shape[1:])
     frames = latent_shape[1]
@@ -309,7 +311,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
     target_feats = ref[members]
     recipe = _load(cfg, "dmd_ode", device)
     v2v = {
-        "teacher (bidirectional, 50 steps)": evaluate_v2v(
+        f"teacher (bidirectional, {cfg.teacher_sample_steps} steps)": evaluate_v2v(
             lambda s: teacher_v2v(teacher, cfg.teacher_sample_steps, s, cfg.guidance),
             cfg.v2v_strengths,
             data,
@@ -317,7 +319,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
             target_feats,
             **common,
         ),
-        "ODE init + asymmetric DMD (4 steps)": evaluate_v2v(
+        f"ODE init + asymmetric DMD ({len(cfg.eval_step_lists[0])} steps)": evaluate_v2v(
             lambda s: student_v2v(recipe, cfg.eval_step_lists[0], s, cfg.chunk_frames),
             cfg.v2v_strengths,
             data,
@@ -397,6 +399,13 @@ def write_report(results: dict[str, Any], out: str | Path) -> None:
 def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     save_resolved(cfg, out)
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        seconds[name] = round(clock[-1] - clock[-2], 1)
+
     device = pick_device(cfg.device)
     size = (cfg.size[0], cfg.size[1])
     encode_dataset(
@@ -414,7 +423,11 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
         names={"autoencoder": cfg.autoencoder, "text_encoder": cfg.text},
         progress=cfg.progress,
     )
+    lap("encode")
     train_all(cfg)
+    lap("train")
     results = evaluate_all(cfg)
+    lap("evaluate")
+    results["seconds"] = seconds
     write_report(results, out)
     return results

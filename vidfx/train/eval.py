@@ -3,11 +3,13 @@
 Metrics (pixels are (B, 3, T, H, W) in [-1, 1]):
 
 (a) `frechet_distance` between Gaussians fitted to the features of generated and held-out clips, in the
-    feature space of a small network trained on this dataset (any object with `features(x) -> (B, D)`; the
-    look classifier of vidfx.data by default). This is *not* FVD: FVD uses an I3D network trained on
-    Kinetics-400; a network trained on our own few clips measures distance to this dataset only, and its
-    numbers compare runs on the same data and the same feature network, nothing else. With few samples the
-    covariance estimate is noisy and the distance biased upwards (the bias shrinks as 1/N): compare equal N.
+    feature space of a small network trained on this dataset (any object with `features(x) -> (B, D)`: the
+    look classifier of vidfx.data, or `components.ClipFeatureNet`), standardised by the held-out clips'
+    per-dimension spread (`Standardize`) so distances read in units of the data's own variation.
+    This is *not* FVD: FVD uses an I3D network trained on Kinetics-400; a network trained on our own few
+    clips measures distance to this dataset only, and its numbers compare runs on the same data and the
+    same feature network, nothing else. With few samples the covariance estimate is noisy and the distance
+    biased upwards (the bias shrinks as 1/N): compare at equal N.
 (b) `flicker`: mean |x_{t+1} − x_t| over the generated clips divided by the same over the reference clips
     (held-out clips for text-to-video; the input itself for video-to-video). 1 = as much frame-to-frame
     change as the reference; above 1, the output changes more than the reference does — flicker (or faster
@@ -78,6 +80,23 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def clip_features(net: FeatureNet, clips: torch.Tensor, batch: int = 16) -> torch.Tensor:
     return torch.cat([net.features(clips[i : i + batch]).float().cpu() for i in range(0, len(clips), batch)])
+
+
+class Standardize:
+    """Features in units of the reference set's per-dimension spread: f ↦ (f − μ_ref) / σ_ref.
+
+    The same affine map is applied to every set compared against one reference, so distances stay
+    comparable across models, and they read in units of the held-out clips' own variation rather than in
+    whatever scale a feature network's activations happen to have.
+    """
+
+    def __init__(self, net: FeatureNet, reference_clips: torch.Tensor) -> None:
+        self.net = net
+        raw = clip_features(net, reference_clips)
+        self.mean, self.std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net.features(x).float().cpu() - self.mean) / self.std
 
 
 # -- (b) flicker -------------------------------------------------------------------------------------------
