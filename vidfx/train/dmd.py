@@ -33,7 +33,9 @@ Generator input (`generator_input`):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +47,7 @@ from vidfx.train.data import DataOrder, LatentDataset
 from vidfx.train.distributed import Dist, autocast
 from vidfx.train.flow import flow_loss, noisy, null_text, per_chunk, predict_x0
 from vidfx.train.ode_pairs import OdePairs
-from vidfx.train.shards import ShardReader
+from vidfx.train.shards import MANIFEST
 from vidfx.train.teacher import check_text
 from vidfx.train.trainer import Stage, build_network
 
@@ -173,10 +175,15 @@ class DMDStage(Stage):
         super().__init__(cfg, cfg.run, dist)
         if cfg.generator_input not in ("noised_data", "rollout"):
             raise ValueError(f"generator_input must be noised_data or rollout, got {cfg.generator_input!r}")
-        kind = ShardReader(cfg.data).manifest["kind"]
-        self.pairs = OdePairs(cfg.data) if kind == "ode_pairs" else None
-        self.latents = LatentDataset(cfg.data) if kind == "latents" else None
-        source = self.pairs or self.latents
+        manifest = Path(cfg.data) / MANIFEST
+        is_latents = manifest.exists() and json.loads(manifest.read_text())["kind"] == "latents"
+        self.pairs: OdePairs | None = None
+        self.latents: LatentDataset | None = None
+        if is_latents:
+            self.latents = LatentDataset(cfg.data)
+        else:
+            self.pairs = OdePairs(cfg.data)
+        source = self.latents or self.pairs
         assert source is not None
         self.order = DataOrder(len(source), cfg.run.seed)
         seed = cfg.run.seed

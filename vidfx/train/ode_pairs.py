@@ -1,8 +1,8 @@
 """Stage 2 — ODE pairs: the teacher's deterministic trajectories, kept at the student's noise levels.
 
 For pair i: a caption (a random one of clip i mod N of the latent cache) and noise ε_i, both drawn from a
-generator seeded with (seed, i) — so a pair does not depend on batching, on how many processes share the
-work or on where a killed run resumed. The teacher integrates the flow ODE with Euler steps and CFG
+generator seeded with (seed, i) — so a pair does not depend on how many processes share the work or on
+where a killed run resumed (nor on batching, up to the rounding of differently shaped matmuls). The teacher integrates the flow ODE with Euler steps and CFG
 (`sample_euler` + `with_cfg`, v_u + s·(v_c − v_u), null prompt = zero embeddings) from σ = 1 to 0 over
 Wan's shifted grid, with the student's σ list merged into the grid so the kept states sit exactly at the
 student's levels. CausVid (generate_ode_pairs.py) integrates 50 steps with guidance 6 and keeps the states at
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from vidfx.train.config import OdePairsConfig, to_dict
 from vidfx.train.data import LatentDataset
 from vidfx.train.distributed import pick_device
 from vidfx.train.flow import null_text
-from vidfx.train.shards import ShardReader, ShardWriter
+from vidfx.train.shards import MANIFEST, ShardReader, ShardWriter
 from vidfx.train.trainer import step_generator
 
 
@@ -67,8 +68,13 @@ def teacher_trajectory(
 
 
 def generate_ode_pairs(cfg: OdePairsConfig, teacher: CausalDiT | None = None) -> int:
-    """Write (or continue writing) cfg.num_pairs ODE pairs to cfg.out; returns the number on disk."""
-    device = pick_device(cfg.device)
+    """Write (or continue writing) cfg.num_pairs ODE pairs to cfg.out; returns the number this process holds.
+
+    Under `torchrun` (WORLD_SIZE > 1) process r generates the pairs i ≡ r (mod world) into `out/part-r`,
+    with no communication; `OdePairs` reads the parts as one set. Pair i is the same in any layout.
+    """
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     data = LatentDataset(cfg.latents)
     if teacher is None:
         teacher = CausalDiT(cfg.model.build())
@@ -76,7 +82,8 @@ def generate_ode_pairs(cfg: OdePairsConfig, teacher: CausalDiT | None = None) ->
     teacher = teacher.to(device).eval().requires_grad_(False)
     sigmas = step_sigmas(cfg.student_steps, cfg.shift)
     grid = merged_grid(cfg.sample_steps, cfg.shift, sigmas)
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "num_pairs", "device", "progress")}
+    layout_only = ("out", "num_pairs", "device", "progress", "batch_size", "shard_size")
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in layout_only}
     fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     meta = {
         "fingerprint": fingerprint,
@@ -85,15 +92,14 @@ def generate_ode_pairs(cfg: OdePairsConfig, teacher: CausalDiT | None = None) ->
         "latent_shape": list(data.latent_shape),
         "text_shape": list(data.text_shape),
     }
-    writer = ShardWriter(cfg.out, "ode_pairs", meta)
+    out = Path(cfg.out) / f"part-{rank}" if world > 1 else Path(cfg.out)
+    writer = ShardWriter(out, "ode_pairs", meta)
+    mine = list(range(rank, cfg.num_pairs, world))
     shape = data.latent_shape
-    bar = tqdm(
-        total=cfg.num_pairs, initial=writer.done, desc="ode pairs", unit="pair", disable=not cfg.progress
-    )
+    bar = tqdm(total=len(mine), initial=writer.done, desc="ode pairs", unit="pair", disable=not cfg.progress)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    while writer.done < cfg.num_pairs:
-        first = writer.done
-        ids = list(range(first, min(first + cfg.shard_size, cfg.num_pairs)))
+    while writer.done < len(mine):
+        ids = mine[writer.done : writer.done + cfg.shard_size]
         states, texts = [], []
         for b in range(0, len(ids), cfg.batch_size):
             chunk = ids[b : b + cfg.batch_size]
@@ -113,30 +119,41 @@ def generate_ode_pairs(cfg: OdePairsConfig, teacher: CausalDiT | None = None) ->
             bar.update(len(chunk))
         writer.write(
             {"states": torch.cat(states), "text": torch.cat(texts)},
-            {"source_clip": [i % len(data) for i in ids]},
+            {"pair_index": ids, "source_clip": [i % len(data) for i in ids]},
         )
     bar.close()
     return writer.done
 
 
 class OdePairs:
-    """Reader of an ODE-pair folder."""
+    """Reader of an ODE-pair folder, or of the `part-*` folders a multi-process run wrote."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.reader = ShardReader(folder, "ode_pairs")
-        self.sigmas = torch.tensor(self.reader.meta["sigmas"], dtype=torch.float32)
+        folder = Path(folder)
+        parts = [folder] if (folder / MANIFEST).exists() else sorted(folder.glob("part-*"))
+        if not parts:
+            raise FileNotFoundError(f"{folder}: no {MANIFEST} and no part-* folders (not an ODE-pair folder)")
+        self.readers = [ShardReader(p, "ode_pairs") for p in parts]
+        prints = {r.meta["fingerprint"] for r in self.readers}
+        if len(prints) != 1:
+            raise ValueError(f"{folder}: its parts were generated with different settings")
+        self.meta = self.readers[0].meta
+        self.sigmas = torch.tensor(self.meta["sigmas"], dtype=torch.float32)
+        self._where = [(r, i) for r in self.readers for i in range(len(r))]
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self._where)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.reader.meta["latent_shape"])
+        return tuple(self.meta["latent_shape"])
 
     @property
     def text_shape(self) -> tuple[int, ...]:
-        return tuple(self.reader.meta["text_shape"])
+        return tuple(self.meta["text_shape"])
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """states (B, S + 1, C, F, H, W), text (B, L, D)."""
-        return self.reader.rows("states", indices).float(), self.reader.rows("text", indices).float()
+        rows = [self._where[i] for i in indices]
+        states = torch.stack([r.row("states", i) for r, i in rows]).float()
+        return states, torch.stack([r.row("text", i) for r, i in rows]).float()
