@@ -2,7 +2,8 @@
 
 For pair i: a caption (a random one of clip i mod N of the latent cache) and noise ε_i, both drawn from a
 generator seeded with (seed, i) — so a pair does not depend on how many processes share the work or on
-where a killed run resumed (nor on batching, up to the rounding of differently shaped matmuls). The teacher integrates the flow ODE with Euler steps and CFG
+where a killed run resumed (nor on batching, up to the rounding of differently shaped matmuls).
+The teacher integrates the flow ODE with Euler steps and CFG
 (`sample_euler` + `with_cfg`, v_u + s·(v_c − v_u), null prompt = zero embeddings) from σ = 1 to 0 over
 Wan's shifted grid, with the student's σ list merged into the grid so the kept states sit exactly at the
 student's levels. CausVid (generate_ode_pairs.py) integrates 50 steps with guidance 6 and keeps the states at
