@@ -86,6 +86,27 @@ class HttpSettings(_Section):
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = ephemeral)")
 
 
+class WebRTCSettings(_Section):
+    enabled: bool = Field(True, description="serve the page (/), /offer, WHIP and WHEP on the HTTP port")
+    ice_servers: list[str] = Field(
+        [], description="STUN/TURN URLs for ICE (stun:host:port, turn:host:port?transport=udp, turns:…)"
+    )
+    turn_username: str | None = Field(None, description="username for the TURN servers")
+    turn_credential: SecretStr | None = Field(None, description="password for the TURN servers")
+    max_peers: int = Field(4, ge=1, description="WebRTC publishers (page, WHIP) at once (sessions also count)")
+    max_viewers: int = Field(16, ge=0, description="WHEP viewers at once, all streams together")
+    connect_timeout_s: float = Field(5.0, gt=0, description="drop a peer whose ICE/DTLS is not connected by then")
+    media_timeout_s: float = Field(3.0, gt=0, description="drop a publisher that sends no video for this long")
+    loopback_candidates: bool = Field(
+        False, description="also offer 127.0.0.1 host candidates (single-machine setups and tests)"
+    )
+    marker_frames: bool = Field(
+        True, description="release a received video frame on its RTP marker bit (aiortc waits for the next frame)"
+    )
+    stats_interval_s: float = Field(0.5, gt=0, le=60, description="stats period on the control data channel")
+    convert_threads: int = Field(2, ge=1, le=32, description="threads converting frames between codec and pixels")
+
+
 class LimitSettings(_Section):
     max_width: int = Field(1920, ge=16, description="largest accepted frame width")
     max_height: int = Field(1080, ge=16, description="largest accepted frame height")
@@ -113,6 +134,7 @@ class Settings(BaseSettings):
     zmq: ZmqSettings = ZmqSettings()
     http: HttpSettings = HttpSettings()
     limits: LimitSettings = LimitSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
     token: SecretStr | None = Field(
         None, description="shared secret required on control and data messages when bound beyond loopback"
     )
@@ -122,7 +144,7 @@ class Settings(BaseSettings):
 # -- command-line flags generated from the models ------------------------------------------------------------
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    name: typing.get_type_hints(Settings)[name] for name in ("model", "stream", "zmq", "http", "limits")
+    name: typing.get_type_hints(Settings)[name] for name in ("model", "stream", "zmq", "http", "limits", "webrtc")
 }
 
 

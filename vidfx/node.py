@@ -29,6 +29,8 @@ from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics
 from vidfx.transport.http import build_app
 from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane, curve_public_key
+from vidfx.webrtc import ConfigError as WebRTCConfigError
+from vidfx.webrtc import WebRTCGateway, add_webrtc_routes
 
 log = logging.getLogger("vidfx.node")
 
@@ -66,6 +68,12 @@ class Node:
         self.metrics = Metrics(settings.model.name, settings.model.device)
         self.engine: Engine | None = None
         self.app = build_app(self)
+        self.webrtc: WebRTCGateway | None = None
+        if settings.webrtc.enabled:
+            try:
+                self.webrtc = add_webrtc_routes(self.app, settings)  # the engine is attached once loaded
+            except WebRTCConfigError as exc:
+                raise ConfigError(str(exc)) from None
         self.ctx = zmq.asyncio.Context()
         self.data: ZmqDataPlane | None = None
         self.control: ZmqControl | None = None
@@ -94,6 +102,9 @@ class Node:
         if (public := curve_public_key(s)) is not None:
             self.endpoints["curve_public_key"] = public
         await self.engine.start()
+        if self.webrtc is not None:
+            self.webrtc.attach(self.engine)
+            self.endpoints.update(page=f"{self.endpoints['http']}/", whip=f"{self.endpoints['http']}/whip")
         self._tasks = [asyncio.create_task(self.data.run(), name="vidfx-zmq-data"),
                        asyncio.create_task(self.control.run(), name="vidfx-zmq-control")]  # fmt: skip
         emit_event("ready", model=pipeline.name, **self.endpoints)
@@ -104,6 +115,8 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.webrtc is not None:
+            await self.webrtc.close()  # peers first: their sessions close while the engine still runs
         if self.engine is not None:
             await self.engine.stop()
         if self.data is not None:

@@ -60,6 +60,7 @@ class Session:
         self.engine = engine
         self.params = params
         self.sink = sink
+        self.taps: list[Sink] = []  # more observers of the output (WHEP viewers), called before the sink
         self.pending: deque[InputFrame] = deque()
         self.output: asyncio.Queue[OutputFrame | None] = asyncio.Queue(engine.settings.stream.output_queue)
         self.model_state: StreamState | None = None  # created by the worker on the first chunk
@@ -141,6 +142,8 @@ class Session:
 
     def emit(self, frame: OutputFrame) -> None:
         self.frames_out += 1
+        for tap in tuple(self.taps):
+            tap(frame)
         if self.sink is not None:
             self.sink(frame)
             return

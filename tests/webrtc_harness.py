@@ -1,0 +1,285 @@
+"""WebRTC test clients: real aiortc peers (page-style /offer, WHIP publisher, WHEP viewer) against `vidfx serve`
+running as a subprocess on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from vidfx.webrtc.gateway import enable_loopback_candidates
+from vidfx.webrtc.stamp import SyntheticVideoTrack, read_counter
+
+REPO = Path(__file__).resolve().parents[1]
+# Small and quick: the tiny model at 64x64 on one thread, one warm-up chunk.
+NODE_FLAGS = [
+    "--model-threads", "1", "--model-warmup-chunks", "1", "--model-width", "64", "--model-height", "64",
+    "--webrtc-loopback-candidates",
+]  # fmt: skip
+
+
+class Node:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.endpoints: dict[str, str] = {}
+        self.events: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return self.endpoints["http"]
+
+    def crashed(self) -> str:
+        """'' while the node runs; its exit code and last log lines once it has died (for failure messages)."""
+        if self.proc.returncode is None:
+            return ""
+        return f"node exited with {self.proc.returncode}:\n" + "".join(self.stderr[-30:])
+
+    async def wait_event(self, name: str, timeout: float = 90.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.events:
+                if ev.get("event") == name:
+                    return ev
+            line = await asyncio.wait_for(self.proc.stdout.readline(), max(deadline - time.monotonic(), 0.01))
+            if not line:
+                raise RuntimeError(f"node exited before {name!r}:\n" + "".join(self.stderr[-40:]))
+            with suppress(json.JSONDecodeError):
+                self.events.append(json.loads(line))
+
+    async def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace"))
+
+    async def status(self, token: str | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with aiohttp.ClientSession() as http, http.get(self.url + "/webrtc/status", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                return await r.json()
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.2)  # let the exit code arrive
+            raise AssertionError(self.crashed() or "the node stopped answering") from None
+
+    async def wait_for(self, predicate: Any, timeout: float, what: str, token: str | None = None) -> float:
+        """Poll /webrtc/status until predicate(status) holds; returns the seconds it took."""
+        start = time.monotonic()
+        while True:
+            st = await self.status(token)
+            if predicate(st):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"{what}: not within {timeout} s; status {st}")
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_node(*flags: str, env: dict[str, str] | None = None) -> AsyncIterator[Node]:
+    """`vidfx serve` with every socket on an ephemeral loopback port; SIGTERM and a wait on exit."""
+    cmd = [sys.executable, "-m", "vidfx.cli", "serve", "--zmq-input", "tcp://127.0.0.1:*",
+           "--zmq-output", "tcp://127.0.0.1:*", "--zmq-control", "tcp://127.0.0.1:*", "--http-port", "0",
+           *NODE_FLAGS, *flags]  # fmt: skip
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFX_")}
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(REPO / "tests"), env=full_env
+    )
+    node = Node(proc)
+    pump = asyncio.create_task(node._pump_stderr())
+    try:
+        ready = await node.wait_event("ready")
+        node.endpoints = {k: v for k, v in ready.items() if k not in ("event", "model")}
+        yield node
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        pump.cancel()
+        with suppress(asyncio.CancelledError):
+            await pump
+
+
+# -- client peers ----------------------------------------------------------------------------------------------------
+
+
+def new_pc() -> RTCPeerConnection:
+    enable_loopback_candidates()  # the node offers 127.0.0.1 too; so do we (machines with no other interface)
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+@dataclass
+class Received:
+    """Frames a client got: arrival time, pts, time_base, and the pixels (H, W, 3)."""
+
+    times: list[float] = field(default_factory=list)
+    pts: list[int] = field(default_factory=list)
+    time_base: list[Any] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def counters(self, start: int = 0) -> list[int | None]:
+        return [read_counter(p) for p in self.pixels[start:]]
+
+    def since(self, t: float) -> int:
+        return sum(1 for x in self.times if x >= t)
+
+
+def collect(track: MediaStreamTrack, into: Received) -> asyncio.Task[None]:
+    async def pull() -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                into.times.append(time.monotonic())
+                into.pts.append(frame.pts)
+                into.time_base.append(frame.time_base)
+                into.pixels.append(frame.to_ndarray(format="rgb24"))
+        except MediaStreamError:
+            pass
+        finally:
+            into.ended.set()
+
+    return asyncio.ensure_future(pull())
+
+
+async def wait_frames(rx: Received, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(rx) < n:
+        assert time.monotonic() < deadline, f"only {len(rx)} of {n} frames arrived within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class PagePeer:
+    """What the page does: one sendrecv video transceiver + a `control` data channel, signalled by /offer."""
+
+    pc: RTCPeerConnection
+    source: SyntheticVideoTrack
+    channel: Any
+    rx: Received
+    replies: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+    answer: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def control(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        n = len(self.replies)
+        self.channel.send(msgpack.packb(msg))
+        deadline = time.monotonic() + timeout
+        while len(self.replies) == n:
+            assert time.monotonic() < deadline, f"no reply to {msg}"
+            await asyncio.sleep(0.02)
+        return self.replies[n]
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for t in self.tasks:
+            t.cancel()
+
+
+async def open_page_peer(url: str, fps: float = 15.0, size: tuple[int, int] = (128, 96), **body: Any) -> PagePeer:
+    pc = new_pc()
+    source = SyntheticVideoTrack(size[0], size[1], fps=fps)
+    pc.addTransceiver(source, direction="sendrecv")
+    channel = pc.createDataChannel("control")
+    peer = PagePeer(pc, source, channel, Received(), [], [])
+
+    def on_message(message: bytes) -> None:
+        obj = msgpack.unpackb(message)
+        (peer.stats if obj.get("event") == "stats" else peer.replies).append(obj)
+
+    channel.on("message", on_message)
+    pc.on("track", lambda track: peer.tasks.append(collect(track, peer.rx)))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        payload = {"sdp": pc.localDescription.sdp, "type": "offer", **body}
+        async with http.post(url + "/offer", json=payload) as r:
+            assert r.status == 200, f"{r.status}: {await r.text()}"
+            peer.answer = await r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(peer.answer["sdp"], "answer"))
+    deadline = time.monotonic() + 10
+    while channel.readyState != "open":
+        assert time.monotonic() < deadline, "the control channel never opened"
+        await asyncio.sleep(0.02)
+    return peer
+
+
+@dataclass
+class WhipClient:
+    """A WHIP publisher (sendonly video) or WHEP viewer (recvonly video) as an RFC 9725 client does it."""
+
+    pc: RTCPeerConnection
+    status: int
+    headers: Any
+    body: str
+    base: str
+    rx: Received = field(default_factory=Received)
+    source: SyntheticVideoTrack | None = None
+
+    @property
+    def location(self) -> str:
+        return self.base + self.headers["Location"]
+
+    async def delete(self, token: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as http, http.delete(self.location, headers=headers) as r:
+            return r.status
+
+
+async def whip_exchange(
+    base: str, path: str, pc: RTCPeerConnection, token: str | None = None, content_type: str = "application/sdp"
+) -> tuple[int, Any, str]:
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base + path, data=pc.localDescription.sdp, headers=headers) as r,
+    ):
+        return r.status, r.headers.copy(), await r.text()
+
+
+async def whip_publish(base: str, stream: str | None = None, token: str | None = None, fps: float = 15.0) -> WhipClient:
+    pc = new_pc()
+    source = SyntheticVideoTrack(128, 96, fps=fps)
+    pc.addTransceiver(source, direction="sendonly")
+    status, headers, body = await whip_exchange(base, "/whip" + (f"/{stream}" if stream else ""), pc, token)
+    client = WhipClient(pc, status, headers, body, base, source=source)
+    if status == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return client
+
+
+async def whep_view(base: str, stream: str, token: str | None = None) -> WhipClient:
+    pc = new_pc()
+    pc.addTransceiver("video", direction="recvonly")
+    client = WhipClient(pc, 0, {}, "", base)
+    pc.on("track", lambda track: collect(track, client.rx))
+    client.status, client.headers, client.body = await whip_exchange(base, f"/whep/{stream}", pc, token)
+    if client.status == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(client.body, "answer"))
+    return client

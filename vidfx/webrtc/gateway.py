@@ -1,0 +1,552 @@
+"""WebRTC peers of the node: publishers (the page's `/offer`, WHIP) feeding engine sessions, viewers (WHEP, and
+the page's own return video) playing a session's stylised output.
+
+A `Peer` owns one RTCPeerConnection. Its lifecycle: created by `WebRTCGateway.publish` / `.view` (slot taken,
+offer applied, ICE gathered, answer ready) → connected (ICE + DTLS) → closed by exactly one of: the client
+(DELETE, hang-up, DTLS close), the watchdog (not connected within `connect_timeout_s`; a publisher silent for
+`media_timeout_s`; its session closed by the engine) or the node shutting down. Closing frees the slot at once,
+closes the publisher's engine session and the stream's output, and with it every viewer of that stream.
+
+Everything here runs on the event loop; pixels are converted on the gateway's thread pool and the model runs
+on the engine's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.rtcicetransport import parse_stun_turn_uri
+from prometheus_client import Counter, Gauge
+
+from vidfx.config import Settings, WebRTCSettings, is_loopback_address
+from vidfx.protocol import ProtocolError, pack, reply_error, unpack_map
+from vidfx.stream.control import ControlHandler
+from vidfx.stream.engine import Engine, SessionLimitError
+from vidfx.stream.session import Session
+from vidfx.webrtc.jitter import enable_marker_frames
+from vidfx.webrtc.media import IngestPump, StreamOutput
+
+log = logging.getLogger("vidfx.webrtc")
+
+Role = Literal["publisher", "viewer"]
+Via = Literal["offer", "whip", "whep"]
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_STREAM_OPS = ("set", "reset", "pause", "resume", "status")
+
+
+class SignallingError(Exception):
+    """A request the gateway refuses; `status` is the HTTP status to answer with, the message its reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConfigError(ValueError):
+    """WebRTC settings that would make the node unsafe or unusable."""
+
+
+# -- settings helpers -----------------------------------------------------------------------------------------------
+
+
+def http_token(settings: Settings) -> str | None:
+    """The bearer token HTTP signalling demands, or None on a loopback-only node without one configured.
+    Refuses an HTTP server reachable beyond loopback without a token (the page, WHIP and WHEP take media)."""
+    token = settings.token.get_secret_value() if settings.token else None
+    if not is_loopback_address(settings.http.host) and not token:
+        raise ConfigError(f"HTTP on {settings.http.host} reaches beyond loopback: set a token (--token or VIDFX_TOKEN)")
+    return token
+
+
+def ice_servers(settings: WebRTCSettings) -> list[RTCIceServer]:
+    """STUN/TURN servers from the settings (validated: a malformed URL is a ConfigError)."""
+    servers = []
+    for url in settings.ice_servers:
+        try:
+            parsed = parse_stun_turn_uri(url)
+        except ValueError as exc:
+            raise ConfigError(f"webrtc.ice_servers: {url!r}: {exc}") from None
+        if parsed["scheme"].startswith("turn"):
+            if not settings.turn_username or settings.turn_credential is None:
+                raise ConfigError(f"webrtc.ice_servers: {url!r} needs turn_username and turn_credential")
+            servers.append(RTCIceServer(url, settings.turn_username, settings.turn_credential.get_secret_value()))
+        else:
+            servers.append(RTCIceServer(url))
+    return servers
+
+
+def link_headers(servers: list[RTCIceServer]) -> list[str]:
+    """RFC 9725 §4.6 `Link: <url>; rel="ice-server"` values, with TURN credentials."""
+    out = []
+    for s in servers:
+        urls = s.urls if isinstance(s.urls, list) else [s.urls]
+        for url in urls:
+            value = f'<{url}>; rel="ice-server"'
+            if s.username is not None:
+                value += f'; username="{s.username}"; credential="{s.credential}"; credential-type="password"'
+            out.append(value)
+    return out
+
+
+def enable_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 as a host candidate too (it leaves loopback out). Process-wide and
+    idempotent; meant for single-machine setups and test machines whose only interface is loopback."""
+    import aioice.ice
+
+    current = aioice.ice.get_host_addresses
+    if getattr(current, "with_loopback", False):
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = current(use_ipv4, use_ipv6)
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.append("127.0.0.1")
+        return addresses
+
+    get_host_addresses.with_loopback = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def check_bearer(header: str | None, token: str | None) -> bool:
+    if token is None:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+# -- peers ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Peer:
+    id: str
+    role: Role
+    via: Via
+    stream: str
+    pc: RTCPeerConnection
+    created: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    session: Session | None = None  # publishers: the engine session they feed
+    owns_session: bool = False  # opened by this peer (closed with it)
+    ingest: IngestPump | None = None
+    channel: RTCDataChannel | None = None
+    closed: bool = False
+    close_reason: str | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def info(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "via": self.via,
+            "stream": self.stream,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.created, 3),
+        }
+        if self.ingest is not None:
+            d.update(frames_in=self.ingest.frames, size=self.ingest.size)
+        return d
+
+
+class WebRTCGateway:
+    """Peers, their slots and the per-stream outputs. Created with the HTTP app; `attach` hands it the engine
+    once the model is loaded (signalling answers 503 until then); `close` ends every peer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.webrtc
+        self.token = http_token(settings)
+        self.ice = ice_servers(self.cfg)
+        if self.cfg.loopback_candidates:
+            enable_loopback_candidates()
+        enable_marker_frames(self.cfg.marker_frames)
+        self.engine: Engine | None = None
+        self.control: ControlHandler | None = None
+        self.pool = ThreadPoolExecutor(self.cfg.convert_threads, thread_name_prefix="vidfx-webrtc")
+        self.peers: dict[str, Peer] = {}
+        self.outputs: dict[str, StreamOutput] = {}
+        self.closed_peers = 0  # peers ended so far (any reason)
+        self.recent_closes: deque[dict[str, Any]] = deque(maxlen=16)  # why the last peers ended (status)
+        self._closing = False
+        self._on_close: list[Callable[[Peer], None]] = []
+        self._gauge: Gauge | None = None
+        self._ended: Counter | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+        # Auth happened at signalling; data-channel messages need no token of their own.
+        self.control = ControlHandler(engine, self.settings.limits, token=None)
+        registry = engine.metrics.registry
+        self._gauge = Gauge("vidfx_webrtc_peers", "WebRTC peers, by role", ["role"], registry=registry)
+        self._ended = Counter(
+            "vidfx_webrtc_peers_closed", "WebRTC peers closed, by reason", ["reason"], registry=registry
+        )
+        for role in ("publisher", "viewer"):
+            self._gauge.labels(role)
+
+    async def close(self) -> None:
+        """End every peer and stop the conversion threads. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        await asyncio.gather(*(self.close_peer(p, "node shutting down") for p in list(self.peers.values())))
+        for out in self.outputs.values():
+            out.close()
+        self.outputs.clear()
+        self.pool.shutdown(wait=True)
+
+    def on_peer_closed(self, callback: Callable[[Peer], None]) -> None:
+        self._on_close.append(callback)
+
+    # -- accounting -----------------------------------------------------------------------------------------------
+    def count(self, role: Role) -> int:
+        return sum(1 for p in self.peers.values() if p.role == role)
+
+    def _update_gauge(self) -> None:
+        if self._gauge is not None:
+            for role in ("publisher", "viewer"):
+                self._gauge.labels(role).set(self.count(role))  # type: ignore[arg-type]
+
+    def _ready_engine(self) -> Engine:
+        if self.engine is None or not self.engine.ready or self._closing:
+            raise SignallingError(503, "the node is not ready yet (model loading)")
+        return self.engine
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "peers": [p.info() for p in self.peers.values()],
+            "publishers": self.count("publisher"),
+            "viewers": self.count("viewer"),
+            "max_peers": self.cfg.max_peers,
+            "max_viewers": self.cfg.max_viewers,
+            "closed_peers": self.closed_peers,
+            "recent_closes": list(self.recent_closes),
+            "outputs": {s: {"frames_sent": o.frames_sent, "dropped": o.dropped} for s, o in self.outputs.items()},
+        }
+
+    # -- signalling ------------------------------------------------------------------------------------------------
+    def _new_pc(self) -> RTCPeerConnection:
+        return RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice)))
+
+    @staticmethod
+    def _check_offer(sdp: str, role: Role) -> tuple[RTCSessionDescription, str]:
+        """Parse and check the offer before a peer connection exists; every refusal says why. Returns the
+        offer and the direction of its (first usable) video section."""
+        from aiortc import sdp as sdp_parser
+
+        if not sdp.strip():
+            raise SignallingError(400, "empty SDP offer")
+        if not sdp.lstrip().startswith("v=0"):
+            raise SignallingError(400, "not an SDP offer: it must start with 'v=0'")
+        try:
+            parsed = sdp_parser.SessionDescription.parse(sdp)
+        except Exception as exc:  # the parser raises whatever the malformed line provokes
+            raise SignallingError(400, f"malformed SDP: {type(exc).__name__}: {str(exc)[:160]}") from None
+        video = [m for m in parsed.media if m.kind == "video"]
+        if not video:
+            raise SignallingError(400, "the SDP offer has no video m= section")
+        wanted = ("sendonly", "sendrecv") if role == "publisher" else ("recvonly", "sendrecv")
+        usable = [m.direction for m in video if m.direction in wanted]
+        if not usable:
+            what = "send" if role == "publisher" else "receive"
+            raise SignallingError(400, f"the offer's video must {what} ({' or '.join(wanted)})")
+        return RTCSessionDescription(sdp=sdp, type="offer"), str(usable[0])
+
+    def stream_name(self, requested: str | None, via: Via, peer_id: str) -> str:
+        if requested is None:
+            return f"{via}-{peer_id[:8]}"
+        if len(requested) > self.settings.limits.max_stream_id or not STREAM_ID.fullmatch(requested):
+            raise SignallingError(
+                400, f"stream id must be 1-{self.settings.limits.max_stream_id} characters of [A-Za-z0-9_.-]"
+            )
+        return requested
+
+    async def _answer(
+        self, peer: Peer, offer: RTCSessionDescription, before_answer: Callable[[], None] | None = None
+    ) -> None:
+        pc = peer.pc
+        try:
+            await pc.setRemoteDescription(offer)
+        except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError… on unusable SDP
+            raise SignallingError(400, f"invalid SDP offer: {type(exc).__name__}: {str(exc)[:160]}") from None
+        for t in pc.getTransceivers():
+            if t.kind != "video":
+                t.direction = "inactive"  # audio is not processed: answered inactive so nobody sends it
+        if before_answer is not None:
+            before_answer()
+        await pc.setLocalDescription(await pc.createAnswer())  # aiortc gathers every candidate here
+
+    async def publish(self, offer_sdp: str, via: Via, stream: str | None = None) -> Peer:
+        """A client sends video (and, from the page, receives the stylised video back on the same transceiver)."""
+        engine = self._ready_engine()
+        offer, direction = self._check_offer(offer_sdp, "publisher")
+        if self.count("publisher") >= self.cfg.max_peers:
+            raise SignallingError(503, f"all {self.cfg.max_peers} WebRTC publisher slots are in use")
+        peer_id = uuid.uuid4().hex
+        name = self.stream_name(stream, via, peer_id)
+        if any(p.role == "publisher" and p.stream == name for p in self.peers.values()):
+            raise SignallingError(409, f"stream {name!r} already has a WebRTC publisher")
+        existing = engine.session(name)
+        if existing is not None and existing.sink is not None:
+            raise SignallingError(409, f"stream {name!r} is already fed by another source")
+        peer = Peer(peer_id, "publisher", via, name, self._new_pc())
+        self.peers[peer_id] = peer
+        self._update_gauge()
+        try:
+            if existing is not None:  # opened by a control `set` before any frame: adopt it
+                peer.session = existing
+            else:
+                try:
+                    peer.session = engine.open_session(name)
+                except SessionLimitError as exc:
+                    raise SignallingError(503, str(exc)) from None
+                peer.owns_session = True
+            output = self._output_for(peer.session, feed=True)
+            peer.session.sink = output.push
+            self._wire_publisher(peer)
+
+            def return_video() -> None:
+                # The page offers sendrecv and gets the stylised video back on the same m-line; WHIP offers
+                # sendonly and gets nothing back.
+                if via == "offer" and direction == "sendrecv":
+                    peer.pc.addTrack(output.subscribe())
+
+            await self._answer(peer, offer, return_video)
+            peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer_id[:8]}"))
+        except BaseException:
+            await self.close_peer(peer, "signalling failed")
+            raise
+        log.info("publisher %s (%s) for stream %s", peer_id[:8], via, name)
+        return peer
+
+    async def view(self, offer_sdp: str, stream: str) -> Peer:
+        """A WHEP client receives the stylised video of `stream` (fed by WebRTC or ZeroMQ)."""
+        engine = self._ready_engine()
+        offer, _ = self._check_offer(offer_sdp, "viewer")
+        name = self.stream_name(stream, "whep", "")
+        session = engine.session(name)
+        if session is None:
+            raise SignallingError(404, f"no stream {name!r} is live")
+        if self.count("viewer") >= self.cfg.max_viewers:
+            raise SignallingError(503, f"all {self.cfg.max_viewers} WHEP viewer slots are in use")
+        peer = Peer(uuid.uuid4().hex, "viewer", "whep", name, self._new_pc())
+        self.peers[peer.id] = peer
+        self._update_gauge()
+        try:
+            output = self._output_for(session, feed=False)
+            peer.pc.on("connectionstatechange", lambda: self._on_state(peer))
+            await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
+            peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
+        except BaseException:
+            await self.close_peer(peer, "signalling failed")
+            raise
+        log.info("viewer %s for stream %s", peer.id[:8], name)
+        return peer
+
+    def find(self, peer_id: str, role: Role | None = None, stream: str | None = None) -> Peer | None:
+        peer = self.peers.get(peer_id)
+        if peer is None or (role is not None and peer.role != role) or (stream is not None and peer.stream != stream):
+            return None
+        return peer
+
+    # -- stream outputs -------------------------------------------------------------------------------------------
+    def _output_for(self, session: Session, feed: bool) -> StreamOutput:
+        """The shared output of `session`: the existing one, or a new one (replacing one left from an older session
+        of the same name). `feed`: the caller makes it the session's sink (a WebRTC publisher); otherwise it taps
+        the session, whoever feeds it (ZeroMQ, or nobody yet)."""
+        out = self.outputs.get(session.id)
+        if out is not None and not out.closed and out.session is session:
+            return out
+        if out is not None:
+            self._detach(out)
+        out = StreamOutput(session.id, self.pool)
+        out.session = session
+        if not feed:
+            session.taps.append(out.push)
+        self.outputs[session.id] = out
+        return out
+
+    @staticmethod
+    def _detach(out: StreamOutput) -> None:
+        out.close()
+        if out.session is not None and out.push in out.session.taps:
+            out.session.taps.remove(out.push)
+
+    def _release_output(self, stream: str) -> None:
+        """Close a stream's output when nobody publishes or views it any more."""
+        if any(p.stream == stream for p in self.peers.values()):
+            return
+        out = self.outputs.pop(stream, None)
+        if out is not None:
+            self._detach(out)
+
+    # -- publisher wiring ----------------------------------------------------------------------------------------
+    def _wire_publisher(self, peer: Peer) -> None:
+        pc = peer.pc
+        lim = self.settings.limits
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind != "video" or peer.ingest is not None or peer.session is None:
+                return
+            peer.ingest = IngestPump(track, peer.session, self.pool, lim.max_width, lim.max_height)
+            peer.ingest.start()
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != "control" or peer.channel is not None:
+                return
+            peer.channel = channel
+            channel.on("message", lambda message: self._on_control(peer, channel, message))
+            peer.tasks.append(asyncio.create_task(self._send_stats(peer, channel), name=f"vidfx-stats-{peer.id[:8]}"))
+
+        pc.on("connectionstatechange", lambda: self._on_state(peer))
+
+    def _on_state(self, peer: Peer) -> None:
+        state = peer.pc.connectionState
+        if state == "connected" and peer.connected_at is None:
+            peer.connected_at = time.monotonic()
+        elif state in ("failed", "closed") and not peer.closed:
+            asyncio.ensure_future(self.close_peer(peer, f"connection {state}"))
+
+    def _on_control(self, peer: Peer, channel: RTCDataChannel, message: bytes | str) -> None:
+        """A msgpack control map on the data channel → the same handler as the ZeroMQ ROUTER; the stream defaults
+        to the peer's own."""
+        assert self.control is not None
+        if isinstance(message, str):
+            reply = reply_error("control messages are msgpack maps sent as binary")
+        else:
+            try:
+                obj = unpack_map(message, self.settings.limits.max_control_bytes)
+            except ProtocolError as exc:
+                reply = reply_error(str(exc))
+            else:
+                if obj.get("op") in _STREAM_OPS and "stream" not in obj:
+                    obj["stream"] = peer.stream
+                reply = self.control.handle(obj, client=f"webrtc-{peer.id}")
+        if channel.readyState == "open":
+            channel.send(pack(reply))
+
+    async def _send_stats(self, peer: Peer, channel: RTCDataChannel) -> None:
+        """{"event": "stats", …} every `stats_interval_s` while the channel is open."""
+        while not peer.closed:
+            await asyncio.sleep(self.cfg.stats_interval_s)
+            if channel.readyState != "open":
+                if channel.readyState == "closed":
+                    return
+                continue
+            channel.send(pack(self.peer_stats(peer)))
+
+    def peer_stats(self, peer: Peer) -> dict[str, Any]:
+        session, ingest, out = peer.session, peer.ingest, self.outputs.get(peer.stream)
+        p50 = out.latency.percentile(50) if out else None
+        p95 = out.latency.percentile(95) if out else None
+        dropped = dict(session.dropped) if session else {}
+        if out is not None and out.dropped:
+            dropped["output_handoff"] = out.dropped
+        if ingest is not None and ingest.slot.dropped:
+            dropped["ingest_handoff"] = ingest.slot.dropped
+        return {
+            "event": "stats",
+            "stream": peer.stream,
+            "fps_in": round(ingest.rate.rate(), 2) if ingest else 0.0,
+            "fps_out": round(out.rate.rate(), 2) if out else 0.0,
+            "latency_ms": {
+                "p50": None if p50 is None else round(p50, 1),
+                "p95": None if p95 is None else round(p95, 1),
+            },
+            "frames_in": session.frames_in if session else 0,
+            "frames_out": session.frames_out if session else 0,
+            "frames_sent": out.frames_sent if out else 0,
+            "dropped": dropped,
+            "size": list(ingest.size) if ingest and ingest.size else None,
+            "paused": bool(session and session.paused),
+        }
+
+    # -- watchdog and teardown ---------------------------------------------------------------------------------------
+    async def _watch(self, peer: Peer) -> None:
+        cfg = self.cfg
+        period = min(0.25, cfg.connect_timeout_s / 4, cfg.media_timeout_s / 4)
+        while not peer.closed:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if peer.connected_at is None:
+                if now - peer.created > cfg.connect_timeout_s:
+                    reason = f"not connected within {cfg.connect_timeout_s:g} s (ICE/DTLS never completed)"
+                    asyncio.ensure_future(self.close_peer(peer, reason))
+                    return
+                continue
+            if peer.role == "publisher":
+                session = peer.session
+                if session is None or session.closed:
+                    asyncio.ensure_future(self.close_peer(peer, "its session was closed"))
+                    return
+                last = peer.ingest.last_frame if peer.ingest and peer.ingest.last_frame else peer.connected_at
+                if now - last > cfg.media_timeout_s:
+                    asyncio.ensure_future(self.close_peer(peer, f"no video for {cfg.media_timeout_s:g} s"))
+                    return
+            elif peer.role == "viewer":
+                out = self.outputs.get(peer.stream)
+                if (
+                    out is None
+                    or out.closed
+                    or self.engine is None
+                    or self.engine.session(peer.stream) is not out.session
+                ):
+                    asyncio.ensure_future(self.close_peer(peer, "the stream ended"))
+                    return
+
+    async def close_peer(self, peer: Peer, reason: str) -> None:
+        """Idempotent: frees the slot first (so a new peer may take it at once), then tears down media."""
+        if peer.closed:
+            await peer.done.wait()
+            return
+        peer.closed = True
+        peer.close_reason = reason
+        self.peers.pop(peer.id, None)
+        self.closed_peers += 1
+        self.recent_closes.append(
+            {"id": peer.id, "role": peer.role, "stream": peer.stream, "reason": reason,
+             "after_s": round(time.monotonic() - peer.created, 3)}
+        )  # fmt: skip
+        self._update_gauge()
+        if self._ended is not None:
+            self._ended.labels(reason.split(" ")[0]).inc()
+        log.info("%s %s (%s) closed: %s", peer.role, peer.id[:8], peer.stream, reason)
+        current = asyncio.current_task()
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        if peer.ingest is not None:
+            await peer.ingest.stop()
+        if peer.role == "publisher" and peer.session is not None:
+            if peer.owns_session and self.engine is not None and self.engine.session(peer.stream) is peer.session:
+                self.engine.close_session(peer.stream)
+            elif peer.session.sink is not None:
+                peer.session.sink = None
+            out = self.outputs.pop(peer.stream, None)
+            if out is not None:
+                self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
+        self._release_output(peer.stream)
+        try:
+            await asyncio.wait_for(peer.pc.close(), timeout=5.0)
+        except (TimeoutError, Exception):  # a half-dead transport must not keep the slot or the caller waiting
+            log.debug("closing peer %s did not finish cleanly", peer.id[:8], exc_info=True)
+        for callback in self._on_close:
+            callback(peer)
+        peer.done.set()

@@ -1,0 +1,108 @@
+"""Frame counters written into pixels, for measuring glass-to-glass latency and frame identity end to end.
+
+A counter (16 bits) and a 4-bit check are drawn as a 5×4 grid of black/white cells over the top-left quarter
+of the frame: cells are large (≥ 16 px on a 128 px frame), so they survive VP8/H.264 at WebRTC bitrates and
+resizing. `read_counter` returns None when the check fails (the cells were not read back faithfully).
+"""
+
+from __future__ import annotations
+
+import fractions
+import time
+
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+GRID_COLS, GRID_ROWS = 5, 4
+DATA_BITS = 16
+VIDEO_CLOCK = 90_000
+
+
+def _check(n: int) -> int:
+    return (n ^ (n >> 4) ^ (n >> 8) ^ (n >> 12) ^ 0x5) & 0xF
+
+
+def _bits(n: int) -> list[int]:
+    word = (n & 0xFFFF) | (_check(n & 0xFFFF) << DATA_BITS)
+    return [(word >> i) & 1 for i in range(GRID_COLS * GRID_ROWS)]
+
+
+def _cells(h: int, w: int) -> list[tuple[slice, slice]]:
+    """Cell rectangles (rows, cols) in bit order, tiling the top-left quarter."""
+    ch, cw = (h // 2) // GRID_ROWS, (w // 2) // GRID_COLS
+    return [
+        (slice(r * ch, (r + 1) * ch), slice(c * cw, (c + 1) * cw)) for r in range(GRID_ROWS) for c in range(GRID_COLS)
+    ]
+
+
+def stamp_counter(rgb: np.ndarray, n: int) -> np.ndarray:
+    """Write counter `n` (mod 2**16) into `rgb` (H, W, 3) uint8 in place; returns it."""
+    h, w = rgb.shape[:2]
+    for bit, (rows, cols) in zip(_bits(n), _cells(h, w), strict=True):
+        rgb[rows, cols] = 255 if bit else 0
+    return rgb
+
+
+def read_counter(rgb: np.ndarray) -> int | None:
+    """The counter stamped into `rgb` (H, W, 3), or None if the cells do not carry a valid one."""
+    h, w = rgb.shape[:2]
+    luma = rgb.astype(np.float32).mean(axis=2)  # (H, W)
+    word = 0
+    for i, (rows, cols) in enumerate(_cells(h, w)):
+        # Read each cell's centre only: codec ringing and resampling blur the borders.
+        r0, r1 = rows.start, rows.stop
+        c0, c1 = cols.start, cols.stop
+        dr, dc = max((r1 - r0) // 4, 1), max((c1 - c0) // 4, 1)
+        centre = luma[r0 + dr : r1 - dr, c0 + dc : c1 - dc]
+        word |= int(centre.mean() > 127.5) << i
+    n = word & 0xFFFF
+    return n if (word >> DATA_BITS) == _check(n) else None
+
+
+def pattern_frame(h: int, w: int, n: int) -> np.ndarray:
+    """A moving colour gradient (so codecs and models see motion) with counter `n` stamped in."""
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    shift = (n * 4) % 256
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[..., 0] = ((x + shift) % 256).astype(np.uint8)
+    rgb[..., 1] = ((y + shift) % 256).astype(np.uint8)
+    rgb[..., 2] = ((x + y) / 2).astype(np.uint8)
+    return stamp_counter(rgb, n)
+
+
+class SyntheticVideoTrack(MediaStreamTrack):
+    """A live video source: pattern frames at `fps`, each stamped with its index; the send time of every
+    index is kept in `sent` (time.monotonic()), so a receiver can compute latency per frame."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 160, height: int = 120, fps: float = 15.0, frames: int | None = None) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.limit = frames
+        self.count = 0
+        self.sent: dict[int, float] = {}
+        self.override: np.ndarray | None = None  # when set, this image (H, W, 3) is sent instead of the pattern
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        import asyncio
+
+        if self.readyState != "live" or (self.limit is not None and self.count >= self.limit):
+            raise MediaStreamError
+        n = self.count
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + n / self.fps - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        rgb = self.override if self.override is not None else pattern_frame(self.height, self.width, n)
+        frame = VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = round(n * VIDEO_CLOCK / self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.sent[n & 0xFFFF] = time.monotonic()
+        self.count += 1
+        return frame
