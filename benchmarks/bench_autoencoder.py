@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
-        "--tiny-chunks", type=int, default=25, help="timed chunks (or first frames) for the tiny AE"
+        "--tiny-chunks", type=int, default=40, help="timed chunks (or first frames) for the tiny AE"
     )
     p.add_argument("--wan-chunks", type=int, default=2, help="timed chunks for the Wan VAE at 128×128")
     p.add_argument(
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wan_large_steady:
             plan.append((wan, "wan2.1-vae", 480, 832, 1, False))
     timings = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for ae, name, h, w, chunks, first_only in plan:
         t = time_stream(ae, name, h, w, chunks, first_only=first_only)
         timings.append(t)
@@ -197,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name} {h}×{w} {t.mode}: best {t.best_ms:,.2f}, median {t.median_ms:,.2f} ms/frame", flush=True
         )
     elapsed = time.perf_counter() - started
+    # How much of its threads' time the process actually got: well below 100 % means other processes
+    # competed for the cores and every number above is inflated by waiting.
+    cpu_share = (
+        (time.process_time() - cpu_started) / (elapsed * args.threads) if device.type == "cpu" else 1.0
+    )
 
     where = (
         f"{cpu_name()}, {args.threads} torch threads"
@@ -216,9 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  runs its deep levels at the full frame rate (in steady state at 1/2 and 1/4 of it), so this",
             "  is close to an upper bound of its steady-state cost per frame.",
             "* *best* / *median* over the timed chunks; encode/decode are those of the best chunk. "
-            f"Load average at start {load_before:.1f} on a shared machine:",
-            "  the median carries other processes' noise, *best* is the closer estimate of the cost. "
-            f"Whole run: {elapsed:.0f} s.",
+            f"Load average at start {load_before:.1f};",
+            f"  the process got {cpu_share:.0%} of {args.threads} cores' time over the {elapsed:.0f} s run "
+            "(a shared machine: the median carries",
+            "  other processes' noise, *best* is the closer estimate of the cost).",
         ]
     )
     table = markdown(timings, header)
