@@ -46,6 +46,13 @@ async def test_whip_publish_whep_view_delete() -> None:
         await wait_frames(viewer2.rx, 5, timeout=20)
         st = await node.status()
         assert st["publishers"] == 1 and st["viewers"] == 2
+        assert st["outputs"]["cam1"]["subscribers"] == 2
+        # A viewer that leaves (DELETE) unsubscribes; the other keeps watching.
+        assert await viewer2.delete() == 200
+        await node.wait_for(lambda st: st["viewers"] == 1, 5, "second viewer gone")
+        assert (await node.status())["outputs"]["cam1"]["subscribers"] == 1
+        before = len(viewer.rx)
+        await wait_frames(viewer.rx, before + 5, timeout=10)
 
         # DELETE on the Location ends the WHIP session: the slot, the engine session, and its viewers go.
         assert await pub.delete() == 200

@@ -37,7 +37,7 @@ from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
 from vidfx.webrtc.jitter import enable_marker_frames
-from vidfx.webrtc.media import IngestPump, StreamOutput
+from vidfx.webrtc.media import IngestPump, OutputTrack, StreamOutput
 
 log = logging.getLogger("vidfx.webrtc")
 
@@ -239,7 +239,10 @@ class WebRTCGateway:
             "max_viewers": self.cfg.max_viewers,
             "closed_peers": self.closed_peers,
             "recent_closes": list(self.recent_closes),
-            "outputs": {s: {"frames_sent": o.frames_sent, "dropped": o.dropped} for s, o in self.outputs.items()},
+            "outputs": {
+                s: {"frames_sent": o.frames_sent, "dropped": o.dropped, "subscribers": len(o.subscribers)}
+                for s, o in self.outputs.items()
+            },
         }
 
     # -- signalling ------------------------------------------------------------------------------------------------
@@ -549,6 +552,9 @@ class WebRTCGateway:
             out = self.outputs.pop(peer.stream, None)
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
+        for sender in peer.pc.getSenders():
+            if isinstance(sender.track, OutputTrack):
+                sender.track.stop()  # unsubscribes from the stream's output
         self._release_output(peer.stream)
         try:
             await asyncio.wait_for(peer.pc.close(), timeout=5.0)
