@@ -15,7 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
+    "dataset": ("write the looks training set (mp4 + captions.jsonl)", "vidfx.commands.dataset"),
     "obs-bridge": ("a stream's stylised output as a virtual camera (OBS, video calls)", "vidfx.commands.obs_bridge"),
+    "train": ("CausVid recipe: encode, teacher, ode-pairs, student-init, dmd", "vidfx.commands.train"),
+    "eval": ("offline metrics: Fréchet proxy, flicker, drift, video-to-video", "vidfx.commands.eval"),
 }
 
 

@@ -33,7 +33,7 @@ class CausalCache:
         self.at_start = True  # no chunk has finished yet: the next frame is the stream's first
 
     def past(self, layer: nn.Module) -> torch.Tensor | None:
-        """The frames `layer` kept from earlier chunks (B, C, t, H, W), or None at the stream's start."""
+        """The frames `layer` kept from earlier chunks (in the layer's own layout), or None before any."""
         return self._past.get(layer)
 
     def keep(self, layer: nn.Module, frames: torch.Tensor) -> None:

@@ -5,13 +5,20 @@ only at the latent rate, where it is cheap:
 
     encoder.stem      pixel-unshuffle by s/2, 3×3 conv                          (per frame, H/(s/2))
     encoder.down      pixel-unshuffle by 2, 3×3 conv; encoder.frame_res a residual 3×3 conv   (per frame, H/s)
+    encoder.skip      1×1 conv from each s×s pixel patch, added to those features (a linear path)
     encoder.group     1×1 conv over the k frames of a group stacked on channels → one latent frame
     encoder.mix       causal temporal 3×3 conv over (previous, current) latent frame, residual
     encoder.out       3×3 conv to the latent channels
     decoder.mix       causal temporal 3×3 conv from the latent channels; decoder.res a residual 3×3 conv
     decoder.ungroup   1×1 conv to k frames' features (the group unstacked from channels)
+    decoder.skip      1×1 conv from those features to each s×s pixel patch (a linear path)
     decoder.frame     3×3 conv, pixel-shuffle by 2; decoder.refine a residual 3×3 conv (per frame)
-    decoder.out       3×3 conv, pixel-shuffle by s/2 to RGB
+    decoder.out       3×3 conv, pixel-shuffle by s/2 to RGB, added to the skip's patches
+
+The linear paths (pixels → group → latent → ungroup → pixels with only 1×1 convs and residual branches
+around them) are what make this small network train: without them it sat ~9 dB lower on the procedural
+clips after 300 steps (15.1 vs 24.4 dB PSNR at 64×64, batch 4×9 frames, lr 1e-3), because the conv stack
+then only has to learn a correction to a linear patch code instead of the whole mapping.
 
 Time follows the contract (k = temporal_factor): a stream's first frame is one latent frame on its own (its
 group is that frame repeated k times) and decodes back to one frame (the last of its decoded group); after
@@ -72,6 +79,7 @@ class TinyEncoder(nn.Module):
         self.stem = nn.Conv2d(3 * s * s, cfg.stem_channels, 3, padding=1)
         self.down = nn.Conv2d(4 * cfg.stem_channels, cfg.frame_channels, 3, padding=1)
         self.frame_res = nn.Conv2d(cfg.frame_channels, cfg.frame_channels, 3, padding=1)
+        self.skip = nn.Conv2d(3 * cfg.spatial_factor**2, cfg.frame_channels, 1)
         self.group = nn.Conv2d(k * cfg.frame_channels, cfg.group_channels, 1)
         self.mix = CausalTemporalConv(cfg.group_channels, cfg.group_channels)
         self.out = nn.Conv2d(cfg.group_channels, cfg.latent_channels, 3, padding=1)
@@ -80,16 +88,17 @@ class TinyEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         b, _, t, hh, ww = frames.shape
-        x = frames.transpose(1, 2).reshape(b * t, 3, hh, ww)
-        x = F.silu(self.stem(F.pixel_unshuffle(x, self.unshuffle)))
+        pixels = frames.transpose(1, 2).reshape(b * t, 3, hh, ww)
+        x = F.silu(self.stem(F.pixel_unshuffle(pixels, self.unshuffle)))
         x = F.silu(self.down(F.pixel_unshuffle(x, 2)))
-        x = x + F.silu(self.frame_res(x))  # (B·T, C, h, w)
+        # A linear path from each latent pixel's own s×s patch: the conv stack only has to learn a residual.
+        x = x + F.silu(self.frame_res(x)) + self.skip(F.pixel_unshuffle(pixels, 2 * self.unshuffle))
         _, c, h, w = x.shape
         x = x.view(b, t, c, h, w)
         if cache.at_start:  # the first frame is a group of its own: repeat it to fill the group
             x = torch.cat([x[:, :1].expand(b, self.k - 1, c, h, w), x], dim=1)
         g = x.shape[1] // self.k
-        x = F.silu(self.group(x.reshape(b * g, self.k * c, h, w)))  # groups stacked on channels
+        x = self.group(x.reshape(b * g, self.k * c, h, w))  # groups stacked on channels
         x = x + F.silu(self.mix(x.view(b, g, -1, h, w), cache))
         z = self.out(x)  # (B·G, latent, h, w)
         return z.view(b, g, -1, h, w).transpose(1, 2)  # (B, latent, G, h, w)
@@ -105,21 +114,23 @@ class TinyDecoder(nn.Module):
         self.frame = nn.Conv2d(cfg.frame_channels, 4 * cfg.stem_channels, 3, padding=1)
         self.refine = nn.Conv2d(cfg.stem_channels, cfg.stem_channels, 3, padding=1)
         self.out = nn.Conv2d(cfg.stem_channels, 3 * s * s, 3, padding=1)
+        self.skip = nn.Conv2d(cfg.frame_channels, 3 * cfg.spatial_factor**2, 1)
         self.shuffle = s
         self.k = k
 
     def forward(self, latents: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         b, _, g, h, w = latents.shape
-        x = F.silu(self.mix(latents.transpose(1, 2), cache))  # (B·G, C, h, w)
-        x = x + F.silu(self.res(x))
+        x = self.mix(latents.transpose(1, 2), cache)  # (B·G, C, h, w)
+        x = x + F.silu(self.res(F.silu(x)))
         x = self.ungroup(x).view(b, g * self.k, -1, h, w)  # (B, G·k, C_frame, h, w): group unstacked
         if cache.at_start:  # the stream's first latent frame stands for one frame
             x = x[:, self.k - 1 :]
         t = x.shape[1]
-        x = F.silu(x.reshape(b * t, -1, h, w))
-        x = F.silu(F.pixel_shuffle(self.frame(x), 2))
+        x = x.reshape(b * t, -1, h, w)
+        base = F.pixel_shuffle(self.skip(x), 2 * self.shuffle)  # linear path: one s×s patch per latent pixel
+        x = F.silu(F.pixel_shuffle(self.frame(F.silu(x)), 2))
         x = x + F.silu(self.refine(x))
-        x = F.pixel_shuffle(self.out(x), self.shuffle)  # (B·T, 3, H, W)
+        x = base + F.pixel_shuffle(self.out(x), self.shuffle)  # (B·T, 3, H, W)
         return x.view(b, t, 3, x.shape[-2], x.shape[-1]).transpose(1, 2)
 
 

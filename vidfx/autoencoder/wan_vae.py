@@ -173,7 +173,8 @@ class Resample(nn.Module):
         first = x[:, :, :1] if cache.at_start else x[:, :, :0]
         rest = x[:, :, first.shape[2] :]
         prev = first if cache.at_start else cache.past(self.time_conv)
-        assert prev is not None, "a later chunk reached a temporal downsampler with no kept frame"
+        if prev is None:
+            raise RuntimeError("a later chunk reached a temporal downsampler whose cache holds no frame")
         if rest.shape[2] % 2:
             raise ValueError(
                 f"temporal downsampler needs an even frame count after the first, got {rest.shape[2]}"

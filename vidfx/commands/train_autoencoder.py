@@ -19,7 +19,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="checkpoint folder (resumed if it holds checkpoints)")
     p.add_argument("--source", default="procedural", choices=["procedural"], help="where clips come from")
     p.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=9, help="frames a clip (1 + 4·n)")
     p.add_argument("--size", type=int, default=128, help="clip height and width")

@@ -1,0 +1,153 @@
+"""`vidfx eval RUN --videos DIR --autoencoder AE --features clip:NET`: offline metrics of one trained model.
+
+RUN is a run folder of `vidfx train teacher|student-init|dmd` (its config.toml gives the architecture and,
+for students, the chunk size; the EMA weights are used when present). Prints and writes (`--out`) JSON with
+the Fréchet distance to the held-out clips (feature net trained on this dataset: not FVD), flicker, and —
+for causal students — the drift curve and the video-to-video sweep. See vidfx.train.eval for definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (or checkpoint folder beside a config.toml)")
+    p.add_argument(
+        "--videos", required=True, help="video folder with captions.jsonl; its held-out split is used"
+    )
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("--text", default="hash")
+    p.add_argument(
+        "--features", default="", help="clip:PATH; empty: train a ClipFeatureNet on the train split"
+    )
+    p.add_argument("--feature-steps", type=int, default=400)
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--size", default="128x128", help="HEIGHTxWIDTH")
+    p.add_argument("--heldout", type=float, default=0.1)
+    p.add_argument("--eval-clips", type=int, default=64)
+    p.add_argument("--steps", default="1000,750,500,250", help="student step list (comma-separated)")
+    p.add_argument("--teacher-steps", type=int, default=50, help="Euler steps for a teacher")
+    p.add_argument("--guidance", type=float, default=6.0, help="teacher CFG, v_u + s·(v_c − v_u)")
+    p.add_argument("--drift", type=int, default=10, help="rollout length in training lengths (students)")
+    p.add_argument("--v2v", type=_floats, default=[0.5, 0.75], help="SDEdit strengths (students)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="", help="write the results here as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vidfx.model.wan_dit import CausalDiT
+    from vidfx.train.checkpoint import checkpoint_meta, read_weights
+    from vidfx.train.components import (
+        autoencoder_from_spec,
+        load_feature_net,
+        text_encoder_from_spec,
+        train_feature_net,
+    )
+    from vidfx.train.config import ModelSpec, from_dict
+    from vidfx.train.data import iter_clips
+    from vidfx.train.distributed import pick_device
+    from vidfx.train.eval import (
+        Standardize,
+        clip_features,
+        evaluate_drift,
+        evaluate_t2v,
+        evaluate_v2v,
+        load_eval_set,
+        student_sampler,
+        student_v2v,
+        teacher_sampler,
+    )
+
+    run_dir = Path(args.run)
+    config_path = next(
+        (d / "config.toml" for d in (run_dir, *run_dir.parents) if (d / "config.toml").exists()), None
+    )
+    if config_path is None:
+        raise SystemExit(f"{run_dir}: no config.toml here or above (is it a vidfx train run folder?)")
+    run_cfg = tomllib.loads(config_path.read_text())
+    spec = from_dict(ModelSpec, run_cfg.get("model", {}))
+    causal = checkpoint_meta(run_dir)["stage"] in ("student_init", "dmd")  # a causal few-step student
+    chunk = run_cfg.get("chunk_frames")
+    device = pick_device(args.device)
+    model = CausalDiT(spec.build())
+    model.load_state_dict(read_weights(run_dir))
+    model = model.to(device).eval().requires_grad_(False)
+
+    height, _, width = args.size.partition("x")
+    size = (int(height), int(width or height))
+    ae = autoencoder_from_spec(args.autoencoder, device)
+    data = load_eval_set(
+        args.videos,
+        args.frames,
+        args.fps,
+        size,
+        args.heldout,
+        ae,
+        text_encoder_from_spec(args.text),
+        args.eval_clips,
+    )
+    if args.features:
+        net = load_feature_net(args.features)
+    else:
+        clips = list(iter_clips(args.videos, args.frames, args.fps, size, "train", args.heldout))
+        names = sorted({c.look or c.file for c in clips})
+        labels = torch.tensor([names.index(c.look or c.file) for c in clips])
+        net = train_feature_net(
+            torch.stack([c.frames for c in clips]), labels, args.feature_steps, seed=args.seed
+        )
+    net = Standardize(net, data.clips)
+    ref = clip_features(net, data.clips)
+    shape = tuple(data.latents.shape[1:])
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [ae.decode(latents[i : i + 4].to(device)).float().cpu() for i in range(0, len(latents), 4)]
+            )
+
+    common = {"decode": decode, "net": net, "seed": args.seed, "batch": args.batch, "device": device}
+    steps = [int(s) for s in args.steps.split(",")]
+    if causal:
+        results = {
+            "model": str(run_dir),
+            "kind": "causal student",
+            "steps": steps,
+            **evaluate_t2v(student_sampler(model, shape, steps, chunk), data, reference_feats=ref, **common),
+            "drift": evaluate_drift(
+                student_sampler(model, shape, steps, chunk, length=args.drift),
+                data,
+                frames=shape[1],
+                reference_feats=ref,
+                **common,
+            ),
+            "v2v": evaluate_v2v(
+                lambda s: student_v2v(model, steps, s, chunk), args.v2v, data, data.text[:1], ref, **common
+            ),
+        }
+    else:
+        sampler = teacher_sampler(model, shape, args.teacher_steps, args.guidance, chunk_frames=chunk)
+        results = {
+            "model": str(run_dir),
+            "kind": "teacher",
+            "steps": args.teacher_steps,
+            **evaluate_t2v(sampler, data, reference_feats=ref, **common),
+        }
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0

@@ -1,0 +1,433 @@
+"""CausVid's ablation, end to end on one video folder (`vidfx train ablation --config ablation.toml`).
+
+Runs every stage into `out/`, each resumable (re-running continues where a killed run stopped), then
+evaluates:
+
+    teacher (bidirectional, 50 Euler steps with CFG)     — and at 4/2/1 Euler steps for reference
+    teacher (causal, diffusion forcing, 50 steps)        — the teacher of the last row
+    student after ODE init                               — 4, 2, 1 steps
+    ODE init + asymmetric DMD (the recipe)               — 4, 2, 1 steps
+    DMD without ODE init (generator starts as the teacher)
+    ODE init + DMD with a causal teacher (real and fake scores block-causal)
+
+with the Fréchet distance (feature net trained on the dataset's training split: not FVD), flicker, the
+drift curve (distance per training-length window of rollouts up to `drift_length`× the training length,
+4 steps) and a video-to-video sweep (structure kept vs style reached). Writes `out/ablation.json`,
+`out/ablation.md` (tables) and `out/ablation.png` (distance vs steps; drift curves).
+
+Students are distilled with the 4-step list and sampled with its sub-lists [1000, 500] and [1000]. The
+learning rates default to values that move tiny models in a few thousand steps; CausVid's 2e-6 is for the
+1.3B (set them in the config for a large run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidfx.model.wan_dit import CausalDiT
+from vidfx.train.checkpoint import read_weights
+from vidfx.train.components import (
+    autoencoder_from_spec,
+    load_feature_net,
+    save_feature_net,
+    text_encoder_from_spec,
+    train_feature_net,
+)
+from vidfx.train.config import (
+    DMDConfig,
+    EMAConfig,
+    ModelSpec,
+    OdePairsConfig,
+    OptimConfig,
+    RunConfig,
+    StudentInitConfig,
+    TeacherConfig,
+    save_resolved,
+)
+from vidfx.train.data import encode_dataset, iter_clips
+from vidfx.train.distributed import pick_device
+from vidfx.train.dmd import DMDStage
+from vidfx.train.eval import (
+    EvalSet,
+    Standardize,
+    clip_features,
+    evaluate_drift,
+    evaluate_t2v,
+    evaluate_v2v,
+    load_eval_set,
+    student_sampler,
+    student_v2v,
+    teacher_sampler,
+    teacher_v2v,
+)
+from vidfx.train.ode_pairs import generate_ode_pairs
+from vidfx.train.student_init import StudentInitStage
+from vidfx.train.teacher import TeacherStage
+
+
+@dataclass
+class AblationConfig:
+    videos: str = ""  # a folder in vidfx.train.data's format (videos + captions.jsonl)
+    out: str = "runs/ablation"
+    autoencoder: str = ""  # e.g. a trained tiny AE safetensors (components.autoencoder_from_spec)
+    text: str = "hash"  # components.text_encoder_from_spec
+    frames: int = 21  # pixel frames a clip: 1 + 4·n (21 → 6 latent frames)
+    fps: float = 8.0
+    size: list[int] = field(default_factory=lambda: [64, 64])  # (height, width)
+    heldout: float = 0.2  # fraction of videos held out for evaluation
+    max_clips_per_video: int | None = None
+    eval_clips: int | None = 64
+    chunk_frames: int = 2  # latent frames a chunk
+    student_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
+    eval_step_lists: list[list[int]] = field(
+        default_factory=lambda: [[1000, 750, 500, 250], [1000, 500], [1000]]
+    )
+    teacher_sample_steps: int = 50
+    guidance: float = 6.0  # teacher CFG for ODE pairs and teacher samples (v_u + s·(v_c − v_u))
+    dmd_guidance: float = 3.5  # CausVid's form c + (c − u)·s
+    teacher_steps: int = 3000
+    student_init_steps: int = 1000
+    dmd_steps: int = 1000  # critic steps (the generator steps every `ratio`-th)
+    dmd_ratio: int = 5
+    dmd_input: str = "noised_data"
+    num_pairs: int = 256
+    feature_steps: int = 400
+    drift_length: int = 10
+    v2v_strengths: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    batch_size: int = 8
+    teacher_lr: float = 3e-4
+    student_lr: float = 1e-4
+    dmd_lr: float = 2e-5
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    model: ModelSpec = field(default_factory=ModelSpec)
+
+
+def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
+    every = max(1, steps // 4)
+    return RunConfig(
+        out=str(Path(cfg.out) / name),
+        seed=cfg.seed,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        save_every=every,
+        plot_every=every,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
+
+
+def train_all(cfg: AblationConfig) -> None:
+    """Every training stage of the ablation (each resumes if its folder holds checkpoints)."""
+    out = Path(cfg.out)
+    k = cfg.chunk_frames
+    lat = str(out / "latents")
+    teacher_optim, student_optim = OptimConfig(lr=cfg.teacher_lr), OptimConfig(lr=cfg.student_lr)
+    dmd_optim = OptimConfig(lr=cfg.dmd_lr)
+    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 10)
+    TeacherStage(
+        TeacherConfig(
+            latents=lat, run=_run(cfg, "teacher", cfg.teacher_steps), model=cfg.model, optim=teacher_optim
+        )
+    ).fit()
+    TeacherStage(
+        TeacherConfig(
+            latents=lat,
+            chunk_frames=k,
+            run=_run(cfg, "teacher_causal", cfg.teacher_steps),
+            model=cfg.model,
+            optim=teacher_optim,
+        )
+    ).fit()
+    device = pick_device(cfg.device)
+    generate_ode_pairs(
+        OdePairsConfig(
+            teacher=str(out / "teacher"),
+            latents=lat,
+            out=str(out / "pairs"),
+            num_pairs=cfg.num_pairs,
+            sample_steps=cfg.teacher_sample_steps,
+            guidance=cfg.guidance,
+            student_steps=cfg.student_steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            device=str(device),
+            progress=cfg.progress,
+            model=cfg.model,
+        )
+    )
+    StudentInitStage(
+        StudentInitConfig(
+            pairs=str(out / "pairs"),
+            init=str(out / "teacher"),
+            chunk_frames=k,
+            run=_run(cfg, "student_ode", cfg.student_init_steps),
+            model=cfg.model,
+            optim=student_optim,
+            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 10),
+        )
+    ).fit()
+    variants = {
+        "dmd_ode": (out / "student_ode", out / "teacher", None),
+        "dmd_no_ode": (out / "teacher", out / "teacher", None),
+        "dmd_causal_teacher": (out / "student_ode", out / "teacher_causal", k),
+    }
+    for name, (init, teacher, score_chunk) in variants.items():
+        DMDStage(
+            DMDConfig(
+                generator_init=str(init),
+                real_score=str(teacher),
+                data=str(out / "pairs"),
+                chunk_frames=k,
+                score_chunk_frames=score_chunk,
+                student_steps=cfg.student_steps,
+                guidance=cfg.dmd_guidance,
+                ratio=cfg.dmd_ratio,
+                generator_input=cfg.dmd_input,
+                run=_run(cfg, name, cfg.dmd_steps),
+                model=cfg.model,
+                optim=dmd_optim,
+                critic_optim=dmd_optim,
+                ema=ema,
+            )
+        ).fit()
+
+
+def _load(cfg: AblationConfig, name: str, device: torch.device) -> CausalDiT:
+    model = CausalDiT(cfg.model.build())
+    model.load_state_dict(read_weights(Path(cfg.out) / name))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _feature_net(cfg: AblationConfig, size: tuple[int, int]) -> torch.nn.Module:
+    path = Path(cfg.out) / "features.safetensors"
+    if not path.exists():
+        clips = list(
+            iter_clips(cfg.videos, cfg.frames, cfg.fps, size, "train", cfg.heldout, cfg.max_clips_per_video)
+        )
+        names = sorted({c.look or c.file for c in clips})
+        labels = torch.tensor([names.index(c.look or c.file) for c in clips])
+        net = train_feature_net(
+            torch.stack([c.frames for c in clips]),
+            labels,
+            cfg.feature_steps,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        save_feature_net(net, path)
+    return load_feature_net(f"clip:{path}")
+
+
+def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
+    device = pick_device(cfg.device)
+    size = (cfg.size[0], cfg.size[1])
+    ae = autoencoder_from_spec(cfg.autoencoder, device)
+    text_encoder = text_encoder_from_spec(cfg.text)
+    data: EvalSet = load_eval_set(
+        cfg.videos,
+        cfg.frames,
+        cfg.fps,
+        size,
+        cfg.heldout,
+        ae,
+        text_encoder,
+        cfg.eval_clips,
+        cfg.max_clips_per_video,
+    )
+    net = Standardize(_feature_net(cfg, size), data.clips)
+    ref = clip_features(net, data.clips)
+    latent_shape = tuple(data.latents.shape[1:])
+    frames = latent_shape[1]
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [ae.decode(latents[i : i + 4].to(device)).float().cpu() for i in range(0, len(latents), 4)]
+            )
+
+    common = {"decode": decode, "net": net, "seed": cfg.seed, "batch": cfg.batch_size, "device": device}
+    rows: list[dict[str, Any]] = []
+    drift: dict[str, list[float]] = {}
+    teacher = _load(cfg, "teacher", device)
+    for n in [cfg.teacher_sample_steps, 4, 2, 1]:
+        m = evaluate_t2v(
+            teacher_sampler(teacher, latent_shape, n, cfg.guidance), data, reference_feats=ref, **common
+        )
+        rows.append({"model": "teacher (bidirectional)", "steps": n, **m})
+    causal_teacher = _load(cfg, "teacher_causal", device)
+    m = evaluate_t2v(
+        teacher_sampler(
+            causal_teacher,
+            latent_shape,
+            cfg.teacher_sample_steps,
+            cfg.guidance,
+            chunk_frames=cfg.chunk_frames,
+        ),
+        data,
+        reference_feats=ref,
+        **common,
+    )
+    rows.append({"model": "teacher (causal)", "steps": cfg.teacher_sample_steps, **m})
+    students = {
+        "student_ode": "causal student, ODE init",
+        "dmd_ode": "ODE init + asymmetric DMD",
+        "dmd_no_ode": "DMD without ODE init",
+        "dmd_causal_teacher": "ODE init + DMD, causal teacher",
+    }
+    for name, label in students.items():
+        model = _load(cfg, name, device)
+        for steps in cfg.eval_step_lists:
+            sampler = student_sampler(model, latent_shape, steps, cfg.chunk_frames)
+            rows.append(
+                {
+                    "model": label,
+                    "steps": len(steps),
+                    **evaluate_t2v(sampler, data, reference_feats=ref, **common),
+                }
+            )
+        long = student_sampler(
+            model, latent_shape, cfg.eval_step_lists[0], cfg.chunk_frames, length=cfg.drift_length
+        )
+        drift[label] = evaluate_drift(long, data, frames=frames, reference_feats=ref, **common)
+
+    # Video-to-video: every held-out clip re-rendered with the caption of the target look.
+    looks = [lk for lk in data.looks if lk is not None]
+    target = max(set(looks), key=looks.count) if looks else None
+    members = (
+        [i for i, lk in enumerate(data.looks) if lk == target]
+        if target is not None
+        else list(range(len(data.looks)))
+    )
+    if len(members) < 2:
+        members = list(range(len(data.looks)))
+    target_text = data.text[members[0] : members[0] + 1]
+    target_feats = ref[members]
+    recipe = _load(cfg, "dmd_ode", device)
+    v2v = {
+        f"teacher (bidirectional, {cfg.teacher_sample_steps} steps)": evaluate_v2v(
+            lambda s: teacher_v2v(teacher, cfg.teacher_sample_steps, s, cfg.guidance),
+            cfg.v2v_strengths,
+            data,
+            target_text,
+            target_feats,
+            **common,
+        ),
+        f"ODE init + asymmetric DMD ({len(cfg.eval_step_lists[0])} steps)": evaluate_v2v(
+            lambda s: student_v2v(recipe, cfg.eval_step_lists[0], s, cfg.chunk_frames),
+            cfg.v2v_strengths,
+            data,
+            target_text,
+            target_feats,
+            **common,
+        ),
+    }
+    return {
+        "rows": rows,
+        "drift": drift,
+        "v2v": v2v,
+        "v2v_target_look": target,
+        "eval_clips": len(data.clips),
+    }
+
+
+def write_report(results: dict[str, Any], out: str | Path) -> None:
+    """ablation.json, ablation.md (tables) and ablation.png (distance vs steps, drift curves)."""
+    out = Path(out)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1))
+    lines = [
+        f"Held-out clips: {results['eval_clips']}. FD: Fréchet distance in the feature space of a small "
+        "network trained on this dataset (not FVD); flicker: mean |Δframe| relative to the held-out clips'.",
+        "",
+        "| model | steps | FD ↓ | flicker | drift: FD at 10× / 1× |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        curve = results["drift"].get(r["model"])
+        ratio = f"{curve[-1] / curve[0]:.2f}" if curve and r["steps"] == 4 and curve[0] > 0 else ""
+        lines.append(f"| {r['model']} | {r['steps']} | {r['fd']:.3f} | {r['flicker']:.3f} | {ratio} |")
+    lines += ["", f"Video-to-video (target look: {results['v2v_target_look']}):", ""]
+    lines += [
+        "| model | strength | structure kept (edge SSIM) ↑ | style FD ↓ | flicker |",
+        "|---|---|---|---|---|",
+    ]
+    for label, sweep in results["v2v"].items():
+        for r in sweep:
+            values = " | ".join(f"{r[k]:.3f}" for k in ("structure_kept", "style_fd", "flicker"))
+            lines.append(f"| {label} | {r['strength']} | {values} |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    teacher50 = next(r for r in results["rows"] if r["model"] == "teacher (bidirectional)")
+    for label in dict.fromkeys(r["model"] for r in results["rows"]):
+        pts = sorted(
+            (r["steps"], r["fd"]) for r in results["rows"] if r["model"] == label and r["steps"] <= 4
+        )
+        if label.startswith("teacher"):
+            continue
+        a.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    a.axhline(teacher50["fd"], ls="--", c="k", label=f"teacher, {teacher50['steps']} steps")
+    a.set_xlabel("sampling steps")
+    a.set_ylabel("FD (dataset features; not FVD)")
+    a.set_xticks([1, 2, 4])
+    a.legend(fontsize=7)
+    a.grid(alpha=0.3)
+    for label, curve in results["drift"].items():
+        b.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=label)
+    b.axhline(teacher50["fd"], ls="--", c="k", label="teacher (1× only)")
+    b.set_xlabel("window (× training length)")
+    b.set_ylabel("FD of the window")
+    b.set_title("drift over long rollouts (4 steps)")
+    b.legend(fontsize=7)
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=110)
+    plt.close(fig)
+
+
+def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    save_resolved(cfg, out)
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        seconds[name] = round(clock[-1] - clock[-2], 1)
+
+    device = pick_device(cfg.device)
+    size = (cfg.size[0], cfg.size[1])
+    encode_dataset(
+        cfg.videos,
+        out / "latents",
+        autoencoder_from_spec(cfg.autoencoder, device),
+        text_encoder_from_spec(cfg.text),
+        cfg.frames,
+        cfg.fps,
+        size,
+        heldout=cfg.heldout,
+        split="train",
+        max_clips_per_video=cfg.max_clips_per_video,
+        device=device,
+        names={"autoencoder": cfg.autoencoder, "text_encoder": cfg.text},
+        progress=cfg.progress,
+    )
+    lap("encode")
+    train_all(cfg)
+    lap("train")
+    results = evaluate_all(cfg)
+    lap("evaluate")
+    results["seconds"] = seconds
+    write_report(results, out)
+    return results
