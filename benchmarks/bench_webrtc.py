@@ -366,6 +366,22 @@ def report(args: argparse.Namespace, model_name: str, resolution: list[int], run
             "ms) with WebRTC's in-node latency.",
             "",
         ]
+
+    def outside(run: Run | None) -> float | None:
+        """Glass-to-glass p50 minus the node's own p50: the transport's share of a model run."""
+        inside = (
+            [st["latency_ms"]["p50"] for st in run.node_stats if st["latency_ms"]["p50"] is not None] if run else []
+        )
+        return pct(run.latencies_ms, 50) - statistics.median(inside) if run and inside else None
+
+    stock = by.get(("WebRTC, aiortc's stock jitter buffer", "model"))
+    if outside(rt) is not None and outside(stock) is not None:
+        lines += [
+            f"Outside the node (glass-to-glass p50 − in-node p50, model runs): {outside(rt):.0f} ms with the "
+            f"marker-bit jitter buffer, {outside(stock):.0f} ms with aiortc's stock one. The in-node column moves "
+            "with the machine's load from run to run (other jobs shared these two cores).",
+            "",
+        ]
     if rt and zq and rt.received and zq.received:
         extra_ms = 1000 * (rt.node_cpu_s / max(rt.received, 1) - zq.node_cpu_s / max(zq.received, 1))
         lines += [

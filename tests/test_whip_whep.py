@@ -46,6 +46,13 @@ async def test_whip_publish_whep_view_delete() -> None:
         await wait_frames(viewer2.rx, 5, timeout=20)
         st = await node.status()
         assert st["publishers"] == 1 and st["viewers"] == 2
+        assert st["outputs"]["cam1"]["subscribers"] == 2
+        # A viewer that leaves (DELETE) unsubscribes; the other keeps watching.
+        assert await viewer2.delete() == 200
+        await node.wait_for(lambda st: st["viewers"] == 1, 5, "second viewer gone")
+        assert (await node.status())["outputs"]["cam1"]["subscribers"] == 1
+        before = len(viewer.rx)
+        await wait_frames(viewer.rx, before + 5, timeout=10)
 
         # DELETE on the Location ends the WHIP session: the slot, the engine session, and its viewers go.
         assert await pub.delete() == 200
@@ -270,3 +277,32 @@ def test_stamp_survives_vp8() -> None:
             read.append(read_counter(out.to_ndarray(format="rgb24")))
     assert read == [n * 37 for n in range(30)]
     assert read_counter(np.zeros((96, 128, 3), np.uint8)) is None
+
+
+async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
+    """What OBS sends: H.264 video plus Opus audio. The video is decoded and stylised; the audio is answered
+    `inactive` (the node processes video only), so the publisher sends none."""
+    from aiortc import AudioStreamTrack, RTCRtpSender, RTCSessionDescription
+
+    from vidfx.webrtc.stamp import SyntheticVideoTrack
+
+    async with running_node() as node:
+        pc = new_pc()
+        video = pc.addTransceiver(SyntheticVideoTrack(128, 96, fps=15), direction="sendonly")
+        video.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        )
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        status, _, answer = await whip_exchange(node.url, "/whip/obs", pc)
+        assert status == 201, answer
+        sections = {part.split(" ", 1)[0]: part for part in answer.split("\r\nm=")[1:]}  # kind → its lines
+        video_part, audio_part = sections["video"], sections["audio"]
+        assert "H264/90000" in video_part and "VP8" not in video_part
+        assert "a=inactive" in audio_part
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        viewer = await whep_view(node.url, "obs")
+        await wait_frames(viewer.rx, 10, timeout=20)
+        (publisher,) = [p for p in (await node.status())["peers"] if p["role"] == "publisher"]
+        assert publisher["frames_in"] >= 10 and publisher["size"] == [128, 96]
+        await pc.close()
+        await viewer.pc.close()

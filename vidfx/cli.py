@@ -9,7 +9,10 @@ from collections.abc import Callable, Sequence
 # Each entry: name -> (help, module path of a `register(parser)` that sets `func` via set_defaults).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
-    "serve": ("run the streaming node (ZeroMQ frames + control, /healthz /readyz /metrics)", "vidfx.commands.serve"),
+    "serve": (
+        "run the streaming node (ZeroMQ, WebRTC page/WHIP/WHEP, /healthz /readyz /metrics)",
+        "vidfx.commands.serve",
+    ),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
     "dataset": ("write the looks training set (mp4 + captions.jsonl)", "vidfx.commands.dataset"),

@@ -22,6 +22,7 @@ def register(p: argparse.ArgumentParser) -> None:
     src.add_argument("--url", default="http://127.0.0.1:8080", help="the node's HTTP base URL, for WHEP")
     src.add_argument("--zmq-output", default="tcp://127.0.0.1:5556", help="the node's ZeroMQ output address")
     src.add_argument("--token", default=None, help="bearer token of the node (env VIDFX_TOKEN)")
+    src.add_argument("--curve-server-key", default=None, help="the node's CURVE public key, when its ZeroMQ encrypts")
     cam = p.add_argument_group("virtual camera")
     cam.add_argument("--device", default=None, help="device, e.g. /dev/video10 (default: the backend's first)")
     cam.add_argument("--backend", default=None, help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "whep":
         source: WhepSource | ZmqSource = WhepSource(f"{args.url.rstrip('/')}/whep/{args.stream}", token)
     else:
-        source = ZmqSource(args.zmq_output, args.stream)
+        source = ZmqSource(args.zmq_output, args.stream, curve_server_key=args.curve_server_key)
     try:
         stats = asyncio.run(run_bridge(source, args.fps, args.device, args.backend, args.frames))
     except BridgeError as exc:

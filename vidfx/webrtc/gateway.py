@@ -28,6 +28,7 @@ from typing import Any, Literal
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcicetransport import parse_stun_turn_uri
+from aiortc.sdp import SessionDescription
 from prometheus_client import Counter, Gauge
 
 from vidfx.config import Settings, WebRTCSettings, is_loopback_address
@@ -36,12 +37,17 @@ from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
 from vidfx.webrtc.jitter import enable_marker_frames
-from vidfx.webrtc.media import IngestPump, StreamOutput
+from vidfx.webrtc.media import IngestPump, OutputTrack, StreamOutput
 
 log = logging.getLogger("vidfx.webrtc")
 
 Role = Literal["publisher", "viewer"]
 Via = Literal["offer", "whip", "whep"]
+# Why a peer ended (the metric's label; the status also keeps the sentence).
+CloseKind = Literal[
+    "hangup", "delete", "connect_timeout", "media_timeout", "session_closed", "stream_ended", "connection",
+    "signalling", "shutdown",
+]  # fmt: skip
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _STREAM_OPS = ("set", "reset", "pause", "resume", "status")
 
@@ -182,7 +188,7 @@ class WebRTCGateway:
         self.closed_peers = 0  # peers ended so far (any reason)
         self.recent_closes: deque[dict[str, Any]] = deque(maxlen=16)  # why the last peers ended (status)
         self._closing = False
-        self._on_close: list[Callable[[Peer], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._gauge: Gauge | None = None
         self._ended: Counter | None = None
 
@@ -204,14 +210,11 @@ class WebRTCGateway:
         if self._closing:
             return
         self._closing = True
-        await asyncio.gather(*(self.close_peer(p, "node shutting down") for p in list(self.peers.values())))
+        await asyncio.gather(*(self.close_peer(p, "shutdown", "node shutting down") for p in list(self.peers.values())))
         for out in self.outputs.values():
             out.close()
         self.outputs.clear()
         self.pool.shutdown(wait=True)
-
-    def on_peer_closed(self, callback: Callable[[Peer], None]) -> None:
-        self._on_close.append(callback)
 
     # -- accounting -----------------------------------------------------------------------------------------------
     def count(self, role: Role) -> int:
@@ -236,7 +239,10 @@ class WebRTCGateway:
             "max_viewers": self.cfg.max_viewers,
             "closed_peers": self.closed_peers,
             "recent_closes": list(self.recent_closes),
-            "outputs": {s: {"frames_sent": o.frames_sent, "dropped": o.dropped} for s, o in self.outputs.items()},
+            "outputs": {
+                s: {"frames_sent": o.frames_sent, "dropped": o.dropped, "subscribers": len(o.subscribers)}
+                for s, o in self.outputs.items()
+            },
         }
 
     # -- signalling ------------------------------------------------------------------------------------------------
@@ -247,14 +253,12 @@ class WebRTCGateway:
     def _check_offer(sdp: str, role: Role) -> tuple[RTCSessionDescription, str]:
         """Parse and check the offer before a peer connection exists; every refusal says why. Returns the
         offer and the direction of its (first usable) video section."""
-        from aiortc import sdp as sdp_parser
-
         if not sdp.strip():
             raise SignallingError(400, "empty SDP offer")
         if not sdp.lstrip().startswith("v=0"):
             raise SignallingError(400, "not an SDP offer: it must start with 'v=0'")
         try:
-            parsed = sdp_parser.SessionDescription.parse(sdp)
+            parsed = SessionDescription.parse(sdp)
         except Exception as exc:  # the parser raises whatever the malformed line provokes
             raise SignallingError(400, f"malformed SDP: {type(exc).__name__}: {str(exc)[:160]}") from None
         video = [m for m in parsed.media if m.kind == "video"]
@@ -329,7 +333,7 @@ class WebRTCGateway:
             await self._answer(peer, offer, return_video)
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer_id[:8]}"))
         except BaseException:
-            await self.close_peer(peer, "signalling failed")
+            await self.close_peer(peer, "signalling", "signalling failed")
             raise
         log.info("publisher %s (%s) for stream %s", peer_id[:8], via, name)
         return peer
@@ -353,7 +357,7 @@ class WebRTCGateway:
             await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
         except BaseException:
-            await self.close_peer(peer, "signalling failed")
+            await self.close_peer(peer, "signalling", "signalling failed")
             raise
         log.info("viewer %s for stream %s", peer.id[:8], name)
         return peer
@@ -422,7 +426,7 @@ class WebRTCGateway:
         if state == "connected" and peer.connected_at is None:
             peer.connected_at = time.monotonic()
         elif state in ("failed", "closed") and not peer.closed:
-            asyncio.ensure_future(self.close_peer(peer, f"connection {state}"))
+            self._close_soon(peer, "connection", f"connection {state}")
 
     def _on_control(self, peer: Peer, channel: RTCDataChannel, message: bytes | str) -> None:
         """A msgpack control map on the data channel → the same handler as the ZeroMQ ROUTER; the stream defaults
@@ -488,17 +492,17 @@ class WebRTCGateway:
             if peer.connected_at is None:
                 if now - peer.created > cfg.connect_timeout_s:
                     reason = f"not connected within {cfg.connect_timeout_s:g} s (ICE/DTLS never completed)"
-                    asyncio.ensure_future(self.close_peer(peer, reason))
+                    self._close_soon(peer, "connect_timeout", reason)
                     return
                 continue
             if peer.role == "publisher":
                 session = peer.session
                 if session is None or session.closed:
-                    asyncio.ensure_future(self.close_peer(peer, "its session was closed"))
+                    self._close_soon(peer, "session_closed", "its session was closed")
                     return
                 last = peer.ingest.last_frame if peer.ingest and peer.ingest.last_frame else peer.connected_at
                 if now - last > cfg.media_timeout_s:
-                    asyncio.ensure_future(self.close_peer(peer, f"no video for {cfg.media_timeout_s:g} s"))
+                    self._close_soon(peer, "media_timeout", f"no video for {cfg.media_timeout_s:g} s")
                     return
             elif peer.role == "viewer":
                 out = self.outputs.get(peer.stream)
@@ -508,10 +512,16 @@ class WebRTCGateway:
                     or self.engine is None
                     or self.engine.session(peer.stream) is not out.session
                 ):
-                    asyncio.ensure_future(self.close_peer(peer, "the stream ended"))
+                    self._close_soon(peer, "stream_ended", "the stream ended")
                     return
 
-    async def close_peer(self, peer: Peer, reason: str) -> None:
+    def _close_soon(self, peer: Peer, kind: CloseKind, reason: str) -> None:
+        """Close from a callback or the watchdog (which the closing cancels), keeping the task referenced."""
+        task = asyncio.create_task(self.close_peer(peer, kind, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close_peer(self, peer: Peer, kind: CloseKind, reason: str) -> None:
         """Idempotent: frees the slot first (so a new peer may take it at once), then tears down media."""
         if peer.closed:
             await peer.done.wait()
@@ -521,12 +531,12 @@ class WebRTCGateway:
         self.peers.pop(peer.id, None)
         self.closed_peers += 1
         self.recent_closes.append(
-            {"id": peer.id, "role": peer.role, "stream": peer.stream, "reason": reason,
+            {"id": peer.id, "role": peer.role, "stream": peer.stream, "kind": kind, "reason": reason,
              "after_s": round(time.monotonic() - peer.created, 3)}
         )  # fmt: skip
         self._update_gauge()
         if self._ended is not None:
-            self._ended.labels(reason.split(" ")[0]).inc()
+            self._ended.labels(kind).inc()
         log.info("%s %s (%s) closed: %s", peer.role, peer.id[:8], peer.stream, reason)
         current = asyncio.current_task()
         for task in peer.tasks:
@@ -542,11 +552,12 @@ class WebRTCGateway:
             out = self.outputs.pop(peer.stream, None)
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
+        for sender in peer.pc.getSenders():
+            if isinstance(sender.track, OutputTrack):
+                sender.track.stop()  # unsubscribes from the stream's output
         self._release_output(peer.stream)
         try:
             await asyncio.wait_for(peer.pc.close(), timeout=5.0)
         except (TimeoutError, Exception):  # a half-dead transport must not keep the slot or the caller waiting
             log.debug("closing peer %s did not finish cleanly", peer.id[:8], exc_info=True)
-        for callback in self._on_close:
-            callback(peer)
         peer.done.set()

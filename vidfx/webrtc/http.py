@@ -139,7 +139,7 @@ async def offer_delete(request: web.Request) -> web.Response:
     peer = gw.find(request.match_info["peer"], role="publisher")
     if peer is None or peer.via != "offer":
         return _error(404, "no such peer")
-    await gw.close_peer(peer, "hung up by the client")
+    await gw.close_peer(peer, "hangup", "hung up by the client")
     return web.Response(status=204)
 
 
@@ -201,7 +201,7 @@ async def session_delete(request: web.Request) -> web.Response:
     peer = gw.find(request.match_info["peer"], role=role, stream=request.match_info["stream"])
     if peer is None or peer.via != kind:
         return _error(404, f"no such {kind.upper()} session")
-    await gw.close_peer(peer, "DELETE by the client")
+    await gw.close_peer(peer, "delete", "DELETE by the client")
     return web.Response(status=200, headers=_CORS)
 
 

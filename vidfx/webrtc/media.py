@@ -1,16 +1,15 @@
-"""Frames between aiortc and an engine session: ingest (decoded frames → `Session.submit`) and output (a
-session's stylised frames → a `MediaStreamTrack` that encoders and viewers pull).
+"""Frames between aiortc and an engine session, every hop bounded so latency cannot pile up:
 
-Two stages, each behind a size-1 drop-oldest hand-off (`LatestSlot`):
+    remote track ─recv─▶ LatestSlot ─convert (pool)─▶ Session.submit                              IngestPump
+    session sink/tap ─▶ play-out queue (paced by pts) ─▶ LatestSlot per consumer ─▶ OutputTrack    StreamOutput
+                                                             OutputTrack.recv: convert (pool) ─▶ its encoder
 
-    remote track ──recv──▶ [slot] ──convert (thread)──▶ session.submit        (IngestPump)
-    session sink/tap ──▶ [slot] ──recv: convert (thread)──▶ encoder(s)        (StreamOutput.track)
-
-Why not one transform track whose recv() pulls an input frame and returns an output frame: the engine works in
-chunks (several frames in, several out, one chunk later), a WHIP publisher has no return track at all, and an
-input that is only read when the encoder asks for output is an input whose queue grows. So the input is drained
-as fast as it arrives, and the output track hands the newest stylised frame to whoever pulls it. Every
-pixel conversion runs on a small thread pool, never on the event loop.
+The "transform track" of the usual aiortc recipe (recv() pulls a camera frame, returns a processed one) is split
+in two on purpose: the engine works in chunks (several frames in, several out, a chunk later), a WHIP publisher
+has no return track at all, WHEP viewers have no input, and an input that is only read when an encoder asks for
+output is an input whose queue grows. So the camera track is drained as fast as it arrives (keeping only the
+newest decoded frame), and each consumer's track hands its encoder the newest stylised frame. Every pixel
+conversion runs on a small thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -149,6 +148,8 @@ class IngestPump:
                     self.session.engine.metrics.drop("overload")
         except MediaStreamError:
             pass
+        except Exception:
+            log.exception("receiving video for session %s failed", self.session.id)
         finally:
             self.slot.close()
             self.ended.set()
@@ -171,6 +172,8 @@ class IngestPump:
                     break
         except HandoffClosed:
             pass
+        except Exception:
+            log.exception("converting video for session %s failed", self.session.id)
         finally:
             self.ended.set()
 
@@ -178,7 +181,7 @@ class IngestPump:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # failures were logged by the task
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
 
 

@@ -124,10 +124,11 @@ class WhepSource:
 class ZmqSource:
     """Frames of one stream from the node's ZeroMQ output (SUB), skipping to the newest queued frame."""
 
-    def __init__(self, address: str, stream: str, rcvhwm: int = 4) -> None:
+    def __init__(self, address: str, stream: str, rcvhwm: int = 4, curve_server_key: str | None = None) -> None:
         self.address = address
         self.stream = stream
         self.rcvhwm = rcvhwm
+        self.curve_server_key = curve_server_key
         self._ctx: Any = None
         self._sock: Any = None
 
@@ -140,6 +141,9 @@ class ZmqSource:
         self._sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.curve_server_key:  # the node encrypts: be a CURVE client with a throwaway key pair
+            self._sock.curve_serverkey = self.curve_server_key.encode()
+            self._sock.curve_publickey, self._sock.curve_secretkey = zmq.curve_keypair()
         self._sock.connect(self.address)
         return self
 
