@@ -37,6 +37,7 @@ class LookClassifierConfig:
     frames: int = 4  # window length
     size: int = 64  # frames are resized to size x size
     widths: tuple[int, ...] = (32, 64, 128)  # stem width, then one stride-2 stage per further entry
+    stem_stride: int = 2  # the stem is a (2 stride)^2 patch convolution: every pixel is seen once or more
     embed_dim: int = 128  # width of `features`
 
     def to_json(self) -> str:
@@ -46,7 +47,7 @@ class LookClassifierConfig:
     def from_json(cls, text: str) -> LookClassifierConfig:
         d = json.loads(text)
         return cls(classes=tuple(d["classes"]), frames=d["frames"], size=d["size"], widths=tuple(d["widths"]),
-                   embed_dim=d["embed_dim"])  # fmt: skip
+                   stem_stride=d["stem_stride"], embed_dim=d["embed_dim"])  # fmt: skip
 
 
 def _conv(cin: int, cout: int, stride: int, kernel: int = 3) -> nn.Sequential:
@@ -60,8 +61,9 @@ class LookClassifier(nn.Module):
         super().__init__()
         self.config = config
         w = config.widths
-        # A 4x4 stride-2 stem: every pixel is seen (fine grain, hatching, dots) at a quarter of the cost.
-        self.stem = _conv(3 * config.frames, w[0], 2, kernel=4)
+        # An overlapping patch stem: fine textures (grain, hatching, halftone dots) reach the first features,
+        # yet the stages run at 1 / stem_stride^2 of the pixels.
+        self.stem = _conv(3 * config.frames, w[0], config.stem_stride, kernel=2 * config.stem_stride)
         self.stages = nn.ModuleList(
             nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout, 1))
             for cin, cout in zip(w[:-1], w[1:], strict=True)
