@@ -131,21 +131,21 @@ def train_all(cfg: AblationConfig) -> None:
     lat = str(out / "latents")
     teacher_optim, student_optim = OptimConfig(lr=cfg.teacher_lr), OptimConfig(lr=cfg.student_lr)
     dmd_optim = OptimConfig(lr=cfg.dmd_lr)
-    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 10)
-    TeacherStage(
-        TeacherConfig(
-            latents=lat, run=_run(cfg, "teacher", cfg.teacher_steps), model=cfg.model, optim=teacher_optim
-        )
-    ).fit()
-    TeacherStage(
-        TeacherConfig(
-            latents=lat,
-            chunk_frames=k,
-            run=_run(cfg, "teacher_causal", cfg.teacher_steps),
-            model=cfg.model,
-            optim=teacher_optim,
-        )
-    ).fit()
+    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 2)
+    # Every EMA copies the weights for the first half of its run, then averages (decay 0.99: ~100 steps).
+    teacher_ema = EMAConfig(decay=0.99, start_step=cfg.teacher_steps // 2)
+    for name, chunk in (("teacher", None), ("teacher_causal", k)):
+        run = _run(cfg, name, cfg.teacher_steps)
+        TeacherStage(
+            TeacherConfig(
+                latents=lat,
+                chunk_frames=chunk,
+                run=run,
+                model=cfg.model,
+                optim=teacher_optim,
+                ema=teacher_ema,
+            )
+        ).fit()
     device = pick_device(cfg.device)
     generate_ode_pairs(
         OdePairsConfig(
@@ -171,7 +171,7 @@ def train_all(cfg: AblationConfig) -> None:
             run=_run(cfg, "student_ode", cfg.student_init_steps),
             model=cfg.model,
             optim=student_optim,
-            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 10),
+            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 2),
         )
     ).fit()
     variants = {
