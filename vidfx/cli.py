@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
+    "dataset": ("write the looks training set (mp4 + captions.jsonl)", "vidfx.commands.dataset"),
     "train": ("CausVid recipe: encode, teacher, ode-pairs, student-init, dmd", "vidfx.commands.train"),
     "eval": ("offline metrics: Fréchet proxy, flicker, drift, video-to-video", "vidfx.commands.eval"),
 }
