@@ -3,6 +3,7 @@ updates touch only what they should, runs resume bitwise, and the eval metrics a
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -549,7 +550,7 @@ def test_decoding_resamples_to_the_target_rate_and_size(tmp_path: Path) -> None:
 
 
 def test_captions_file_is_validated_and_the_split_is_stable(tmp_path: Path) -> None:
-    from vidfx.train.data import read_captions, split_of
+    from vidfx.train.data import iter_clips, read_captions, split_of
 
     (tmp_path / "captions.jsonl").write_text('{"file": "a.mp4", "captions": ["x", "y"], "look": "ink"}\n\n')
     assert read_captions(tmp_path)["a.mp4"].captions == ("x", "y")
@@ -559,11 +560,27 @@ def test_captions_file_is_validated_and_the_split_is_stable(tmp_path: Path) -> N
     names = [f"v{i}.mp4" for i in range(400)]
     held = [n for n in names if split_of(n, 0.25) == "heldout"]
     assert 70 < len(held) < 130 and held == [n for n in names if split_of(n, 0.25) == "heldout"]
+    # `vidfx dataset`'s layout: videos in a subfolder, one scene in several looks sharing a `source`.
+    (tmp_path / "clips").mkdir()
+    lines = []
+    for scene in range(12):
+        for look in (None, "ink"):
+            name = f"clips/{scene:02d}_{look or 'source'}.mp4"
+            gray_video(tmp_path / name, 4, fps=8)
+            lines.append(
+                f'{{"file": "{name}", "captions": ["c"], "look": {json.dumps(look)}, '
+                f'"source": "clips/{scene:02d}_source.mp4", "clip": {scene}}}'
+            )
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines))
+    held = [c.file for c in iter_clips(tmp_path, 4, 8, (16, 16), "heldout", heldout=0.5)]
+    train = [c.file for c in iter_clips(tmp_path, 4, 8, (16, 16), "train", heldout=0.5)]
+    assert held and train and len(held) + len(train) == 24
+    scenes = {f[:8] for f in held}
+    assert not scenes & {f[:8] for f in train}  # a scene and its looks stay together
+    assert all(f"{s}_source.mp4" in held and f"{s}_ink.mp4" in held for s in scenes)
 
 
 def test_encoding_caches_latents_and_every_caption_and_resumes(tmp_path: Path) -> None:
-    import json
-
     from vidfx.autoencoder import load_autoencoder
     from vidfx.text import HashTextEncoder
     from vidfx.train.data import encode_dataset
@@ -730,7 +747,6 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 def test_ddp_and_fsdp_under_torchrun_agree_and_resume(workdir: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo): replicas stay identical, DDP and FSDP see the same losses (both average the
     same global batch), DMD's chunk-by-chunk rollout runs under FSDP, checkpoints resume."""
-    import json
     import os
     import subprocess
     import sys
@@ -877,3 +893,20 @@ def test_the_recipe_learns_a_two_caption_toy(tmp_path: Path) -> None:
     dmd.fit()
     a, b = means(student_sampler(dmd.generator, LATENT, STEPS, chunk_frames=2))
     assert a > 0.5 and b < -0.5, (a, b)
+
+
+def test_look_classifier_features_average_its_windows() -> None:
+    from vidfx.data.look_classifier import LookClassifier, LookClassifierConfig
+    from vidfx.train.components import LookFeatures
+
+    torch.manual_seed(0)
+    classifier = LookClassifier(LookClassifierConfig(frames=4, size=32, widths=(8, 16))).eval()
+    net = LookFeatures(classifier)
+    clips = (
+        torch.rand(2, 3, 9, 40, 40, generator=gen(0)) * 2 - 1
+    )  # 9 frames: two windows, one frame left over
+    feats = net.features(clips)
+    frames = ((clips + 1) / 2).transpose(1, 2)  # (B, T, 3, H, W) in [0, 1]
+    with torch.no_grad():
+        expect = (classifier.features(frames[:, 0:4]) + classifier.features(frames[:, 4:8])) / 2
+    assert feats.shape == (2, classifier.config.embed_dim) and torch.allclose(feats, expect, atol=1e-6)

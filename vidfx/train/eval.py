@@ -267,6 +267,10 @@ class EvalSet:
     latents: torch.Tensor  # (N, C, F, H, W)
     looks: list[str | None]
 
+    def subset(self, indices: Sequence[int]) -> EvalSet:
+        idx = torch.tensor(list(indices), dtype=torch.long)
+        return EvalSet(self.clips[idx], self.text[idx], self.latents[idx], [self.looks[i] for i in indices])
+
 
 Decode = Callable[[torch.Tensor], torch.Tensor]  # latents (B, C, F, H, W) → pixels (B, 3, T, H, W)
 
