@@ -3,6 +3,7 @@ updates touch only what they should, runs resume bitwise, and the eval metrics a
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -549,7 +550,7 @@ def test_decoding_resamples_to_the_target_rate_and_size(tmp_path: Path) -> None:
 
 
 def test_captions_file_is_validated_and_the_split_is_stable(tmp_path: Path) -> None:
-    from vidfx.train.data import read_captions, split_of
+    from vidfx.train.data import iter_clips, read_captions, split_of
 
     (tmp_path / "captions.jsonl").write_text('{"file": "a.mp4", "captions": ["x", "y"], "look": "ink"}\n\n')
     assert read_captions(tmp_path)["a.mp4"].captions == ("x", "y")
@@ -559,11 +560,27 @@ def test_captions_file_is_validated_and_the_split_is_stable(tmp_path: Path) -> N
     names = [f"v{i}.mp4" for i in range(400)]
     held = [n for n in names if split_of(n, 0.25) == "heldout"]
     assert 70 < len(held) < 130 and held == [n for n in names if split_of(n, 0.25) == "heldout"]
+    # `vidfx dataset`'s layout: videos in a subfolder, one scene in several looks sharing a `source`.
+    (tmp_path / "clips").mkdir()
+    lines = []
+    for scene in range(12):
+        for look in (None, "ink"):
+            name = f"clips/{scene:02d}_{look or 'source'}.mp4"
+            gray_video(tmp_path / name, 4, fps=8)
+            lines.append(
+                f'{{"file": "{name}", "captions": ["c"], "look": {json.dumps(look)}, '
+                f'"source": "clips/{scene:02d}_source.mp4", "clip": {scene}}}'
+            )
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines))
+    held = [c.file for c in iter_clips(tmp_path, 4, 8, (16, 16), "heldout", heldout=0.5)]
+    train = [c.file for c in iter_clips(tmp_path, 4, 8, (16, 16), "train", heldout=0.5)]
+    assert held and train and len(held) + len(train) == 24
+    scenes = {f[:8] for f in held}
+    assert not scenes & {f[:8] for f in train}  # a scene and its looks stay together
+    assert all(f"{s}_source.mp4" in held and f"{s}_ink.mp4" in held for s in scenes)
 
 
 def test_encoding_caches_latents_and_every_caption_and_resumes(tmp_path: Path) -> None:
-    import json
-
     from vidfx.autoencoder import load_autoencoder
     from vidfx.text import HashTextEncoder
     from vidfx.train.data import encode_dataset
@@ -730,7 +747,6 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 def test_ddp_and_fsdp_under_torchrun_agree_and_resume(workdir: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo): replicas stay identical, DDP and FSDP see the same losses (both average the
     same global batch), DMD's chunk-by-chunk rollout runs under FSDP, checkpoints resume."""
-    import json
     import os
     import subprocess
     import sys
@@ -804,3 +820,93 @@ def test_ode_pairs_split_over_processes_are_the_same_pairs(
         for row, index in enumerate(reader.meta["pair_index"]):
             # Equal up to the rounding of differently batched matmuls (batch 2 here, 3 there).
             assert torch.allclose(reader.row("states", row), whole.batch([index])[0][0], atol=1e-5)
+
+
+def test_the_recipe_learns_a_two_caption_toy(tmp_path: Path) -> None:
+    """Caption A's clips are +0.8 everywhere, caption B's −0.8. The teacher's Euler samples, the
+    ODE-initialised student's and the DMD student's few-step streaming samples must land on the right side
+    for each caption — which a sign or convention error between training targets and samplers would break."""
+    from vidfx.train.eval import student_sampler, teacher_sampler
+
+    g = gen(0)
+    lat = torch.cat([torch.full((2, *LATENT), 0.8), torch.full((2, *LATENT), -0.8)])
+    lat = lat + 0.1 * torch.randn(4, *LATENT, generator=g)
+    ta, tb = torch.randn(1, *TEXT, generator=g), torch.randn(1, *TEXT, generator=g)
+    write_latent_cache(tmp_path / "lat", lat, [ta, ta, tb, tb])
+    fast = OptimConfig(lr=3e-3)
+    teacher = TeacherStage(
+        TeacherConfig(
+            latents=str(tmp_path / "lat"), run=run(tmp_path, "teacher", steps=100), model=SPEC, optim=fast
+        )
+    )
+    teacher.fit()
+
+    def means(sampler) -> tuple[float, float]:
+        with torch.no_grad():
+            return float(sampler(ta.expand(4, -1, -1), gen(1)).mean()), float(
+                sampler(tb.expand(4, -1, -1), gen(2)).mean()
+            )
+
+    a, b = means(teacher_sampler(teacher.model, LATENT, 10, guidance=1.0))
+    assert a > 0.5 and b < -0.5, (a, b)
+    generate_ode_pairs(
+        OdePairsConfig(
+            teacher=str(tmp_path / "teacher"),
+            latents=str(tmp_path / "lat"),
+            out=str(tmp_path / "pairs"),
+            num_pairs=8,
+            sample_steps=10,
+            guidance=1.0,
+            student_steps=STEPS,
+            model=SPEC,
+            progress=False,
+        )
+    )
+    student = StudentInitStage(
+        StudentInitConfig(
+            pairs=str(tmp_path / "pairs"),
+            init=str(tmp_path / "teacher"),
+            chunk_frames=2,
+            run=run(tmp_path, "student", steps=30),
+            model=SPEC,
+            optim=OptimConfig(lr=1e-3),
+        )
+    )
+    student.fit()
+    a, b = means(student_sampler(student.model, LATENT, STEPS, chunk_frames=2))
+    assert a > 0.5 and b < -0.5, (a, b)
+    dmd = DMDStage(
+        DMDConfig(
+            generator_init=str(tmp_path / "student"),
+            real_score=str(tmp_path / "teacher"),
+            data=str(tmp_path / "pairs"),
+            chunk_frames=2,
+            student_steps=STEPS,
+            guidance=0.5,
+            ratio=2,
+            run=run(tmp_path, "dmd", steps=10),
+            model=SPEC,
+            optim=OptimConfig(lr=1e-4),
+            critic_optim=OptimConfig(lr=1e-3),
+        )
+    )
+    dmd.fit()
+    a, b = means(student_sampler(dmd.generator, LATENT, STEPS, chunk_frames=2))
+    assert a > 0.5 and b < -0.5, (a, b)
+
+
+def test_look_classifier_features_average_its_windows() -> None:
+    from vidfx.data.look_classifier import LookClassifier, LookClassifierConfig
+    from vidfx.train.components import LookFeatures
+
+    torch.manual_seed(0)
+    classifier = LookClassifier(LookClassifierConfig(frames=4, size=32, widths=(8, 16))).eval()
+    net = LookFeatures(classifier)
+    clips = (
+        torch.rand(2, 3, 9, 40, 40, generator=gen(0)) * 2 - 1
+    )  # 9 frames: two windows, one frame left over
+    feats = net.features(clips)
+    frames = ((clips + 1) / 2).transpose(1, 2)  # (B, T, 3, H, W) in [0, 1]
+    with torch.no_grad():
+        expect = (classifier.features(frames[:, 0:4]) + classifier.features(frames[:, 4:8])) / 2
+    assert feats.shape == (2, classifier.config.embed_dim) and torch.allclose(feats, expect, atol=1e-6)

@@ -55,6 +55,7 @@ from vidfx.train.distributed import pick_device
 from vidfx.train.dmd import DMDStage
 from vidfx.train.eval import (
     EvalSet,
+    FeatureNet,
     Standardize,
     clip_features,
     evaluate_drift,
@@ -83,6 +84,9 @@ class AblationConfig:
     heldout: float = 0.2  # fraction of videos held out for evaluation
     max_clips_per_video: int | None = None
     eval_clips: int | None = 64
+    features: str = (
+        ""  # eval feature net: "look:PATH" (vidfx.data's look classifier), "clip:PATH"; "" trains one
+    )
     chunk_frames: int = 2  # latent frames a chunk
     student_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     eval_step_lists: list[list[int]] = field(
@@ -131,21 +135,21 @@ def train_all(cfg: AblationConfig) -> None:
     lat = str(out / "latents")
     teacher_optim, student_optim = OptimConfig(lr=cfg.teacher_lr), OptimConfig(lr=cfg.student_lr)
     dmd_optim = OptimConfig(lr=cfg.dmd_lr)
-    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 10)
-    TeacherStage(
-        TeacherConfig(
-            latents=lat, run=_run(cfg, "teacher", cfg.teacher_steps), model=cfg.model, optim=teacher_optim
-        )
-    ).fit()
-    TeacherStage(
-        TeacherConfig(
-            latents=lat,
-            chunk_frames=k,
-            run=_run(cfg, "teacher_causal", cfg.teacher_steps),
-            model=cfg.model,
-            optim=teacher_optim,
-        )
-    ).fit()
+    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 2)
+    # Every EMA copies the weights for the first half of its run, then averages (decay 0.99: ~100 steps).
+    teacher_ema = EMAConfig(decay=0.99, start_step=cfg.teacher_steps // 2)
+    for name, chunk in (("teacher", None), ("teacher_causal", k)):
+        run = _run(cfg, name, cfg.teacher_steps)
+        TeacherStage(
+            TeacherConfig(
+                latents=lat,
+                chunk_frames=chunk,
+                run=run,
+                model=cfg.model,
+                optim=teacher_optim,
+                ema=teacher_ema,
+            )
+        ).fit()
     device = pick_device(cfg.device)
     generate_ode_pairs(
         OdePairsConfig(
@@ -171,7 +175,7 @@ def train_all(cfg: AblationConfig) -> None:
             run=_run(cfg, "student_ode", cfg.student_init_steps),
             model=cfg.model,
             optim=student_optim,
-            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 10),
+            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 2),
         )
     ).fit()
     variants = {
@@ -206,7 +210,9 @@ def _load(cfg: AblationConfig, name: str, device: torch.device) -> CausalDiT:
     return model.to(device).eval().requires_grad_(False)
 
 
-def _feature_net(cfg: AblationConfig, size: tuple[int, int]) -> torch.nn.Module:
+def _feature_net(cfg: AblationConfig, size: tuple[int, int]) -> FeatureNet:
+    if cfg.features:
+        return load_feature_net(cfg.features)
     path = Path(cfg.out) / "features.safetensors"
     if not path.exists():
         clips = list(
@@ -297,24 +303,23 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
         )
         drift[label] = evaluate_drift(long, data, frames=frames, reference_feats=ref, **common)
 
-    # Video-to-video: every held-out clip re-rendered with the caption of the target look.
+    # Video-to-video: the held-out clips without a look (all held-out clips if none is plain) re-rendered
+    # with a caption of the most common look; style reached = distance to that look's held-out clips.
     looks = [lk for lk in data.looks if lk is not None]
-    target = max(set(looks), key=looks.count) if looks else None
-    members = (
-        [i for i, lk in enumerate(data.looks) if lk == target]
-        if target is not None
-        else list(range(len(data.looks)))
-    )
+    target = max(sorted(set(looks)), key=looks.count) if looks else None
+    members = [i for i, lk in enumerate(data.looks) if lk == target] if target is not None else []
     if len(members) < 2:
         members = list(range(len(data.looks)))
     target_text = data.text[members[0] : members[0] + 1]
     target_feats = ref[members]
+    plain = [i for i, lk in enumerate(data.looks) if lk is None]
+    inputs = data.subset(plain) if len(plain) >= 2 else data
     recipe = _load(cfg, "dmd_ode", device)
     v2v = {
         f"teacher (bidirectional, {cfg.teacher_sample_steps} steps)": evaluate_v2v(
             lambda s: teacher_v2v(teacher, cfg.teacher_sample_steps, s, cfg.guidance),
             cfg.v2v_strengths,
-            data,
+            inputs,
             target_text,
             target_feats,
             **common,
@@ -322,7 +327,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
         f"ODE init + asymmetric DMD ({len(cfg.eval_step_lists[0])} steps)": evaluate_v2v(
             lambda s: student_v2v(recipe, cfg.eval_step_lists[0], s, cfg.chunk_frames),
             cfg.v2v_strengths,
-            data,
+            inputs,
             target_text,
             target_feats,
             **common,

@@ -6,8 +6,9 @@ Specs (strings, so they fit a config file or a flag):
   or `random:tiny` (an untrained network: plumbing checks only);
 * text encoder — `hash` (the default model's word-hash encoder, 64-dim × 16 tokens), `hash:DIM:TOKENS`, or
   `umt5:FOLDER` (the official umT5-XXL from a local Wan folder);
-* feature net — `clip:PATH`: the `ClipFeatureNet` below, trained on the dataset by `train_feature_net`. Any
-  object with `features(x) -> (B, D)` works with `vidfx.train.eval` (vidfx.data's look classifier too).
+* feature net — `look:PATH`: vidfx.data's look classifier (`vidfx dataset … --classifier PATH`), read through
+  `LookFeatures`; or `clip:PATH`: the `ClipFeatureNet` below, trained on the dataset by `train_feature_net`.
+  Any object with `features(x) -> (B, D)` on clips (B, 3, T, H, W) in [-1, 1] works with `vidfx.train.eval`.
 """
 
 from __future__ import annotations
@@ -111,7 +112,31 @@ def save_feature_net(net: ClipFeatureNet, path: str | Path) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=meta)
 
 
-def load_feature_net(spec: str) -> nn.Module:
+class LookFeatures:
+    """vidfx.data's look classifier as an eval feature net: a clip (B, 3, T, H, W) in [-1, 1] is cut into
+    consecutive windows of the classifier's `frames`, each embedded (its penultimate layer), and the window
+    embeddings are averaged — one feature vector a clip."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.window = int(classifier.config.frames)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        n = t // self.window
+        if n == 0:
+            raise ValueError(
+                f"clips of {t} frames are shorter than the classifier's {self.window}-frame window"
+            )
+        frames = (
+            ((x[:, :, : n * self.window].float() + 1) / 2).clamp(0, 1).transpose(1, 2)
+        )  # (B, T', 3, H, W)
+        windows = frames.reshape(b * n, self.window, 3, h, w)
+        return self.classifier.features(windows).view(b, n, -1).mean(1)
+
+
+def load_feature_net(spec: str) -> nn.Module | LookFeatures:
     """A feature net from its spec (see the module docstring); it has `features(x) -> (B, D)`."""
     kind, _, path = spec.partition(":")
     if kind == "clip":
@@ -122,4 +147,8 @@ def load_feature_net(spec: str) -> nn.Module:
         net = ClipFeatureNet(int(meta["num_classes"]), int(meta["width"]), int(meta["dim"]))
         net.load_state_dict(load_file(path))
         return net.eval().requires_grad_(False)
-    raise ValueError(f"unknown feature net {spec!r}: use clip:PATH")
+    if kind == "look":
+        from vidfx.data.look_classifier import load_look_classifier
+
+        return LookFeatures(load_look_classifier(path))
+    raise ValueError(f"unknown feature net {spec!r}: use look:PATH or clip:PATH")

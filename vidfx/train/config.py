@@ -103,7 +103,9 @@ class TeacherConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
-    ema: EMAConfig = field(default_factory=lambda: EMAConfig(decay=0.999, start_step=0))
+    # The EMA copies the weights for the first 1000 steps: a slow average begun at step 0 would drag the
+    # random initialisation along for thousands of steps (and later stages read the EMA weights).
+    ema: EMAConfig = field(default_factory=lambda: EMAConfig(decay=0.999, start_step=1000))
 
 
 @dataclass

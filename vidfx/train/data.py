@@ -12,19 +12,24 @@ Folder layout (what `vidfx train encode` reads)::
 
     {"file": "beach.mp4", "captions": ["waves on a beach", "a sunny beach, slow waves"], "look": "watercolor"}
 
-* `file` — a video in the same folder (any container/codec PyAV/FFmpeg decodes);
+* `file` — a video, as a path relative to the folder (any container/codec PyAV/FFmpeg decodes);
 * `captions` — one or more captions; each training sample picks one at random, so paraphrases teach the
   model that they mean the same;
 * `look` — optional (string or null): the clip's visual style, used by `vidfx eval` to measure "style
-  reached" per look. Videos without a line in captions.jsonl are skipped (with a warning count).
+  reached" per look;
+* `source` — optional: entries with the same `source` (one scene rendered in several looks, as
+  `vidfx dataset` writes them) always fall in the same split, so no scene is both trained on and held out.
+
+Other keys are ignored; videos not listed are not used. `vidfx dataset OUT` writes a folder in this format.
 
 Clips: every video is decoded with PyAV, resampled to `fps` by sample-and-hold (output frame k shows the
 last source frame whose timestamp is ≤ k/fps), scaled to cover `size` and centre-cropped, then cut into
 consecutive non-overlapping clips of `frames` frames (a trailing remainder is dropped). Frames become
 (3, T, H, W) float in [-1, 1], the autoencoder contract.
 
-Split: a video belongs to the held-out split when the SHA-1 of its file name, read as a fraction, is below
-`heldout`; the split is a pure function of the name, so encode and eval agree without any list.
+Split: a video belongs to the held-out split when the SHA-1 of its `source` (else its file name), read as a
+fraction, is below `heldout`; the split is a pure function of the names, so encode and eval agree without
+any list.
 
 Latent cache (`encode_dataset`): shards (see `shards.py`) with per clip `latents` (C, F', H', W') — the
 autoencoder's normalised latents — and every caption's text embedding, stored ragged: `text` (M, L, D) with
@@ -36,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,7 +55,6 @@ from tqdm import tqdm
 from vidfx.train.shards import ShardReader, ShardWriter
 
 CAPTIONS_FILE = "captions.jsonl"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
 class FrameEncoder(Protocol):
@@ -74,9 +77,14 @@ class PromptEncoder(Protocol):
 
 @dataclass(frozen=True)
 class CaptionEntry:
-    file: str
+    file: str  # path relative to the folder
     captions: tuple[str, ...]
     look: str | None = None
+    source: str | None = None  # entries sharing a source share a split (one scene rendered in several looks)
+
+    @property
+    def split_key(self) -> str:
+        return self.source or self.file
 
 
 def read_captions(folder: str | Path) -> dict[str, CaptionEntry]:
@@ -92,22 +100,24 @@ def read_captions(folder: str | Path) -> dict[str, CaptionEntry]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
-        file, caps, look = obj.get("file"), obj.get("captions"), obj.get("look")
+        file, caps, look, source = obj.get("file"), obj.get("captions"), obj.get("look"), obj.get("source")
         if not isinstance(file, str) or not file:
             raise ValueError(f"{path}:{n}: 'file' must be a non-empty string")
         if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c for c in caps):
             raise ValueError(f"{path}:{n}: 'captions' must be a non-empty list of non-empty strings")
         if look is not None and not isinstance(look, str):
             raise ValueError(f"{path}:{n}: 'look' must be a string or null")
+        if source is not None and not isinstance(source, str):
+            raise ValueError(f"{path}:{n}: 'source' must be a string or null")
         if file in entries:
             raise ValueError(f"{path}:{n}: {file!r} appears twice")
-        entries[file] = CaptionEntry(file, tuple(caps), look)
+        entries[file] = CaptionEntry(file, tuple(caps), look, source)
     return entries
 
 
-def split_of(file: str, heldout: float) -> str:
-    """'heldout' or 'train', from the SHA-1 of the file name."""
-    h = int.from_bytes(hashlib.sha1(file.encode()).digest()[:8], "big") / 2.0**64
+def split_of(key: str, heldout: float) -> str:
+    """'heldout' or 'train', from the SHA-1 of a split key (the entry's `source`, else its `file`)."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0**64
     return "heldout" if h < heldout else "train"
 
 
@@ -174,29 +184,23 @@ def iter_clips(
     heldout: float = 0.0,
     max_clips_per_video: int | None = None,
 ) -> Iterator[Clip]:
-    """Clips of the folder's captioned videos in file-name order; `split` is 'train', 'heldout' or 'all'."""
+    """Clips of the videos listed in the folder's captions.jsonl, in file-name order; `split` is 'train',
+    'heldout' or 'all'."""
     folder = Path(folder)
     entries = read_captions(folder)
-    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    uncaptioned = [p.name for p in videos if p.name not in entries]
-    if uncaptioned:
-        warnings.warn(
-            f"{folder}: {len(uncaptioned)} video(s) without captions skipped, e.g. {uncaptioned[0]}",
-            stacklevel=2,
-        )
-    missing = sorted(set(entries) - {p.name for p in videos})
+    missing = sorted(f for f in entries if not (folder / f).is_file())
     if missing:
         raise FileNotFoundError(f"{folder}: captions.jsonl names missing video(s): {missing[:3]}")
-    for path in videos:
-        entry = entries.get(path.name)
-        if entry is None or (split != "all" and split_of(path.name, heldout) != split):
+    for name in sorted(entries):
+        entry = entries[name]
+        if split != "all" and split_of(entry.split_key, heldout) != split:
             continue
         buf: list[np.ndarray] = []
         n = 0
-        for frame in decode_frames(path, fps, size):
+        for frame in decode_frames(folder / name, fps, size):
             buf.append(frame)
             if len(buf) == frames:
-                yield Clip(path.name, n, frames_to_tensor(buf), entry.captions, entry.look)
+                yield Clip(name, n, frames_to_tensor(buf), entry.captions, entry.look)
                 buf, n = [], n + 1
                 if max_clips_per_video is not None and n >= max_clips_per_video:
                     break

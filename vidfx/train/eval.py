@@ -5,7 +5,7 @@ Metrics (pixels are (B, 3, T, H, W) in [-1, 1]):
 (a) `frechet_distance` between Gaussians fitted to the features of generated and held-out clips, in the
     feature space of a small network trained on this dataset (any object with `features(x) -> (B, D)`: the
     look classifier of vidfx.data, or `components.ClipFeatureNet`), standardised by the held-out clips'
-    per-dimension spread (`Standardize`) so distances read in units of the data's own variation.
+    spread (`Standardize`) so distances read in units of the data's own variation.
     This is *not* FVD: FVD uses an I3D network trained on Kinetics-400; a network trained on our own few
     clips measures distance to this dataset only, and its numbers compare runs on the same data and the
     same feature network, nothing else. With few samples the covariance estimate is noisy and the distance
@@ -83,20 +83,23 @@ def clip_features(net: FeatureNet, clips: torch.Tensor, batch: int = 16) -> torc
 
 
 class Standardize:
-    """Features in units of the reference set's per-dimension spread: f ↦ (f − μ_ref) / σ_ref.
+    """Features in units of the reference set's spread: f ↦ (f − μ_ref) / s_ref, with s_ref² the reference's
+    variance averaged over dimensions (one scalar: per-dimension scales from a few dozen clips would blow up
+    the near-constant dimensions).
 
-    The same affine map is applied to every set compared against one reference, so distances stay
-    comparable across models, and they read in units of the held-out clips' own variation rather than in
-    whatever scale a feature network's activations happen to have.
+    The same map is applied to every set compared against one reference, so distances stay comparable
+    across models, and read in units of the held-out clips' own variation rather than in whatever scale a
+    feature network's activations happen to have.
     """
 
     def __init__(self, net: FeatureNet, reference_clips: torch.Tensor) -> None:
         self.net = net
         raw = clip_features(net, reference_clips)
-        self.mean, self.std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        self.mean = raw.mean(0)
+        self.scale = float(raw.var(0).mean().sqrt().clamp_min(1e-12))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net.features(x).float().cpu() - self.mean) / self.std
+        return (self.net.features(x).float().cpu() - self.mean) / self.scale
 
 
 # -- (b) flicker -------------------------------------------------------------------------------------------
@@ -263,6 +266,10 @@ class EvalSet:
     text: torch.Tensor  # (N, L, D)
     latents: torch.Tensor  # (N, C, F, H, W)
     looks: list[str | None]
+
+    def subset(self, indices: Sequence[int]) -> EvalSet:
+        idx = torch.tensor(list(indices), dtype=torch.long)
+        return EvalSet(self.clips[idx], self.text[idx], self.latents[idx], [self.looks[i] for i in indices])
 
 
 Decode = Callable[[torch.Tensor], torch.Tensor]  # latents (B, C, F, H, W) → pixels (B, 3, T, H, W)

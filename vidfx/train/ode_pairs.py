@@ -2,15 +2,15 @@
 
 For pair i: a caption (a random one of clip i mod N of the latent cache) and noise ε_i, both drawn from a
 generator seeded with (seed, i) — so a pair does not depend on how many processes share the work or on
-where a killed run resumed (nor on batching, up to the rounding of differently shaped matmuls).
-The teacher integrates the flow ODE with Euler steps and CFG
-(`sample_euler` + `with_cfg`, v_u + s·(v_c − v_u), null prompt = zero embeddings) from σ = 1 to 0 over
-Wan's shifted grid, with the student's σ list merged into the grid so the kept states sit exactly at the
-student's levels. CausVid (generate_ode_pairs.py) integrates 50 steps with guidance 6 and keeps the states at
-its steps [1000, 757, 522] plus the endpoint.
+where a killed run resumed (nor on batching, up to the rounding of differently shaped matmuls). The
+teacher integrates the flow ODE with Euler steps and CFG (`sample_euler` + `with_cfg`, v_u + s·(v_c − v_u),
+null prompt = zero embeddings) from σ = 1 to 0 over Wan's shifted grid, with the student's σ list merged
+into the grid so the kept states sit exactly at the student's levels. CausVid (generate_ode_pairs.py)
+integrates 50 steps with guidance 6 and keeps the states at its steps [1000, 757, 522] plus the endpoint.
 
 Output (`shards.py` format, kind "ode_pairs"): `states` (N, S + 1, C, F, H, W) — the states at the S student
 σ (meta["sigmas"]) followed by the ODE endpoint x₀ — and `text` (N, L, D), the caption embedding used.
+Under torchrun, process r writes the pairs i ≡ r (mod world) into `out/part-r` (see `generate_ode_pairs`).
 Resumable: shards already written are kept and generation continues at the next pair.
 """
 

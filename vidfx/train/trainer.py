@@ -137,11 +137,13 @@ class Stage:
             ema.update(self.models[role], self.step + 1)
 
     def fit(self, steps: int | None = None) -> list[dict[str, float]]:
-        """Train until `steps` (default run.steps) steps are done; resumes first if a checkpoint exists."""
+        """Train until `steps` (default run.steps) steps are done. A stage that has not stepped yet first
+        resumes from the run folder's newest checkpoint, if any."""
         end = self.run.steps if steps is None else steps
         if self.dist.is_main:
             save_resolved(self.cfg, self.out)
-        self.resume()
+        if self.step == 0 and not self.history:
+            self.resume()
         bar = tqdm(
             total=end,
             initial=self.step,
