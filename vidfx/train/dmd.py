@@ -109,7 +109,11 @@ def generate_from_data(
     chunk_frames: int,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Each chunk of x0 noised to a random σ of `sigmas`, then one block-causal x₀ prediction."""
+    """Each chunk of x0 noised to a random σ of `sigmas`, then one block-causal x₀ prediction.
+
+    CausVid's list also holds t = 0 (its chunks are fed clean and come back unchanged: context without
+    gradient); here every chunk is drawn from the student's own σ, so every chunk is generated.
+    """
     b, frames = x0.shape[0], x0.shape[2]
     idx = torch.randint(len(sigmas), (b, frames // chunk_frames), generator=gen, device=gen.device)
     sigma = per_chunk(torch.tensor(list(sigmas), device=x0.device)[idx.to(x0.device)], chunk_frames, frames)
