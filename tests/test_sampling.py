@@ -27,6 +27,7 @@ def test_step_warping_follows_the_shifted_schedule() -> None:
     assert math.isclose(sigmas[1], 8 * 0.757 / (1 + 7 * 0.757))
     assert math.isclose(sigmas[2] * 1000, 897.3, abs_tol=0.1)
     assert step_sigmas([500], shift=1.0) == [0.5]
+    assert step_sigmas([1000, 757, 522], warp=False) == [1.0, 0.757, 0.522]
     with pytest.raises(ValueError, match="decreasing"):
         step_sigmas([500, 700])
     with pytest.raises(ValueError, match="shift"):

@@ -29,12 +29,19 @@ def shift_sigma(s: float | torch.Tensor, shift: float) -> float | torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def step_sigmas(steps: Sequence[int], shift: float = DEFAULT_SHIFT) -> list[float]:
-    """σ for each entry of a step list on the 0…1000 grid (strictly decreasing, in (0, 1])."""
+def step_sigmas(steps: Sequence[int], shift: float = DEFAULT_SHIFT, warp: bool = True) -> list[float]:
+    """σ for each entry of a step list on the 0…1000 grid (strictly decreasing, in (0, 1]).
+
+    warp=True maps each step through the shifted schedule (CausVid's `warp_denoising_step: true`);
+    warp=False reads the steps as 1000·σ directly — what CausVid's released Wan config does with its
+    `[1000, 757, 522]` (`warp_denoising_step: false`), so pass warp=False to reproduce its levels.
+    """
     if not steps:
         raise ValueError("step list is empty")
     if any(not 0 < s <= 1000 for s in steps) or any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(f"steps must be strictly decreasing integers in (0, 1000], got {list(steps)}")
+    if not warp:
+        return [s / 1000.0 for s in steps]
     return [float(shift_sigma(s / 1000.0, shift)) for s in steps]
 
 
