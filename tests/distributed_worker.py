@@ -17,9 +17,7 @@ from vidfx.train.teacher import TeacherStage
 
 def flat(module: torch.nn.Module) -> torch.Tensor:
     state = module.state_dict()
-    return torch.cat(
-        [(v.full_tensor() if hasattr(v, "full_tensor") else v).flatten() for v in state.values()]
-    )
+    return torch.cat([(v.full_tensor() if hasattr(v, "full_tensor") else v).flatten() for v in state.values()])
 
 
 def main() -> None:
@@ -28,14 +26,10 @@ def main() -> None:
     spec = ModelSpec("tiny", json.loads(sys.argv[4]))
 
     def run(name: str) -> RunConfig:
-        return RunConfig(
-            out=str(out / name), steps=4, batch_size=1, save_every=2, progress=False, distributed=mode
-        )
+        return RunConfig(out=str(out / name), steps=4, batch_size=1, save_every=2, progress=False, distributed=mode)
 
     teacher = TeacherStage(
-        TeacherConfig(
-            latents=str(work / "latents"), run=run("teacher"), model=spec, optim=OptimConfig(lr=1e-3)
-        )
+        TeacherConfig(latents=str(work / "latents"), run=run("teacher"), model=spec, optim=OptimConfig(lr=1e-3))
     )
     t_hist = teacher.fit()
     weights = flat(teacher.model)

@@ -23,16 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_FLAGS = ["--model-threads", "1", "--model-warmup-chunks", "1"]
 
 
-class NodeProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, ctx: zmq.asyncio.Context) -> None:
+class NodeOutput:
+    """A `vidfx serve` subprocess's JSON event lines (stdout) and log lines (stderr)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.ctx = ctx
         self.endpoints: dict[str, str] = {}
         self.events: list[dict] = []
         self.stderr: list[str] = []
-        self._sockets: list[zmq.asyncio.Socket] = []
 
-    # -- lifecycle ----------------------------------------------------------------------------------------
     async def wait_event(self, name: str, timeout: float = 90.0) -> dict:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -42,7 +41,7 @@ class NodeProcess:
                     return ev
             line = await asyncio.wait_for(self.proc.stdout.readline(), max(deadline - time.monotonic(), 0.01))
             if not line:
-                raise RuntimeError(f"node exited before {name!r}:\n" + "".join(self.stderr[-30:]))
+                raise RuntimeError(f"node exited before {name!r}:\n" + "".join(self.stderr[-40:]))
             with suppress(json.JSONDecodeError):
                 self.events.append(json.loads(line))
 
@@ -51,6 +50,14 @@ class NodeProcess:
         async for line in self.proc.stderr:
             self.stderr.append(line.decode(errors="replace"))
 
+
+class NodeProcess(NodeOutput):
+    def __init__(self, proc: asyncio.subprocess.Process, ctx: zmq.asyncio.Context) -> None:
+        super().__init__(proc)
+        self.ctx = ctx
+        self._sockets: list[zmq.asyncio.Socket] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
     async def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)

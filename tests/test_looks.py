@@ -197,11 +197,7 @@ def test_write_dataset_writes_readable_mp4_and_jsonl(tmp_path: Path):
     for r in records:
         assert {"file", "captions", "look"} <= r.keys()
         assert r["look"] is None or r["look"] in LOOKS
-        assert (
-            isinstance(r["captions"], list)
-            and r["captions"]
-            and all(isinstance(c, str) for c in r["captions"])
-        )
+        assert isinstance(r["captions"], list) and r["captions"] and all(isinstance(c, str) for c in r["captions"])
         video = read_video(tmp_path / r["file"])
         assert video.shape == (FRAMES, 32, 48, 3)
         clip = make_clip(1, r["clip"], FRAMES, (32, 48), looks=[r["look"]] if r["look"] else [])

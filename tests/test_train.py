@@ -200,9 +200,7 @@ def test_ode_pairs_hold_the_teacher_trajectory_at_the_student_steps(workdir: Pat
     again = teacher_trajectory(teacher, x1, text, grid, sigmas, guidance=2.0)
     assert torch.allclose(again, states, atol=1e-5)
     # The kept middle state is where Euler from the noise stops at that σ.
-    part, _ = sample_euler(
-        lambda x, s: _cfg_v(teacher, x, s, text, 2.0), x1, [g for g in grid if g >= sigmas[1]]
-    )
+    part, _ = sample_euler(lambda x, s: _cfg_v(teacher, x, s, text, 2.0), x1, [g for g in grid if g >= sigmas[1]])
     assert torch.allclose(part, states[:, 1], atol=1e-5)
     assert not torch.allclose(states[:, -1], states[:, 0])
 
@@ -342,9 +340,7 @@ def test_dmd_steps_change_only_their_own_network(workdir: Path, tmp_path: Path, 
     assert same(real0, read_weights(workdir / "teacher.safetensors"))
 
 
-def test_dmd_generator_moves_along_the_dmd_direction_and_critic_loss_falls(
-    workdir: Path, tmp_path: Path
-) -> None:
+def test_dmd_generator_moves_along_the_dmd_direction_and_critic_loss_falls(workdir: Path, tmp_path: Path) -> None:
     stage = dmd_stage(workdir, tmp_path, "noised_data")
     for _, opt in stage.optimizers.values():
         for group in opt.param_groups:
@@ -402,9 +398,7 @@ def test_training_rollout_is_the_streaming_inference_loop(workdir: Path) -> None
         cache = model.new_kv_cache(2, 8, 8, window_frames=4)
         cross = model.cross_attention_cache(text)
         g = gen(5)
-        ref = torch.cat(
-            [denoise_chunk(model, start[:, :, c : c + 2], sigmas, cross, cache, g) for c in (0, 2)], dim=2
-        )
+        ref = torch.cat([denoise_chunk(model, start[:, :, c : c + 2], sigmas, cross, cache, g) for c in (0, 2)], dim=2)
     assert torch.allclose(ours, ref, atol=1e-6)
     # With an exit step and gradients, only that step is differentiable.
     out = rollout(model, start, text, sigmas, chunk_frames=2, gen=gen(5), exits=[0, 1], grad=True)
@@ -687,9 +681,7 @@ def test_flicker_and_structure_metrics() -> None:
 
     g = gen(0)
     ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 1, 32)
-    moving = torch.stack(
-        [torch.roll(ramp.expand(1, 3, 1, 32, 32), s, dims=-1)[:, :, 0] for s in range(8)], dim=2
-    )
+    moving = torch.stack([torch.roll(ramp.expand(1, 3, 1, 32, 32), s, dims=-1)[:, :, 0] for s in range(8)], dim=2)
     assert math.isclose(flicker(moving, moving), 1.0)
     assert flicker(moving[:, :, :1].expand_as(moving), moving) == 0.0  # frozen
     noisy = moving + 0.2 * torch.randn(moving.shape, generator=g)
@@ -782,9 +774,7 @@ def test_ddp_and_fsdp_under_torchrun_agree_and_resume(workdir: Path, tmp_path: P
                     assert math.isclose(a[name], b[name], rel_tol=1e-4, abs_tol=1e-6), (key, name)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.toml"))
-)
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.toml")))
 def test_example_configs_load(path: Path) -> None:
     from vidfx.train.ablation import AblationConfig
 
@@ -835,9 +825,7 @@ def test_the_recipe_learns_a_two_caption_toy(tmp_path: Path) -> None:
     write_latent_cache(tmp_path / "lat", lat, [ta, ta, tb, tb])
     fast = OptimConfig(lr=3e-3)
     teacher = TeacherStage(
-        TeacherConfig(
-            latents=str(tmp_path / "lat"), run=run(tmp_path, "teacher", steps=100), model=SPEC, optim=fast
-        )
+        TeacherConfig(latents=str(tmp_path / "lat"), run=run(tmp_path, "teacher", steps=100), model=SPEC, optim=fast)
     )
     teacher.fit()
 
@@ -902,9 +890,7 @@ def test_look_classifier_features_average_its_windows() -> None:
     torch.manual_seed(0)
     classifier = LookClassifier(LookClassifierConfig(frames=4, size=32, widths=(8, 16))).eval()
     net = LookFeatures(classifier)
-    clips = (
-        torch.rand(2, 3, 9, 40, 40, generator=gen(0)) * 2 - 1
-    )  # 9 frames: two windows, one frame left over
+    clips = torch.rand(2, 3, 9, 40, 40, generator=gen(0)) * 2 - 1  # 9 frames: two windows, one frame left over
     feats = net.features(clips)
     frames = ((clips + 1) / 2).transpose(1, 2)  # (B, T, 3, H, W) in [0, 1]
     with torch.no_grad():

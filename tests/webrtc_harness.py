@@ -4,7 +4,6 @@ running as a subprocess on ephemeral loopback ports."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from tests.serve_harness import NodeOutput
 from vidfx.webrtc.gateway import enable_loopback_candidates
 from vidfx.webrtc.stamp import SyntheticVideoTrack, read_counter
 
@@ -32,13 +32,7 @@ NODE_FLAGS = [
 ]  # fmt: skip
 
 
-class Node:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.endpoints: dict[str, str] = {}
-        self.events: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-
+class Node(NodeOutput):
     @property
     def url(self) -> str:
         return self.endpoints["http"]
@@ -48,24 +42,6 @@ class Node:
         if self.proc.returncode is None:
             return ""
         return f"node exited with {self.proc.returncode}:\n" + "".join(self.stderr[-30:])
-
-    async def wait_event(self, name: str, timeout: float = 90.0) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            for ev in self.events:
-                if ev.get("event") == name:
-                    return ev
-            line = await asyncio.wait_for(self.proc.stdout.readline(), max(deadline - time.monotonic(), 0.01))
-            if not line:
-                raise RuntimeError(f"node exited before {name!r}:\n" + "".join(self.stderr[-40:]))
-            with suppress(json.JSONDecodeError):
-                self.events.append(json.loads(line))
-
-    async def _pump_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr.append(line.decode(errors="replace"))
 
     async def status(self, token: str | None = None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -215,8 +215,7 @@ class StreamDecoder:
         check_frames(latents, 1, what="latents")
         if latents.shape[1] != self.ae.latent_channels or latents.shape[2] < 1:
             raise ValueError(
-                f"latents must have {self.ae.latent_channels} channels and ≥ 1 frame, "
-                f"got {tuple(latents.shape)}"
+                f"latents must have {self.ae.latent_channels} channels and ≥ 1 frame, got {tuple(latents.shape)}"
             )
         with torch.no_grad():
             z = self.ae.denormalize(latents.to(self.ae.param_device, self.ae.param_dtype))

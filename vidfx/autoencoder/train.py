@@ -139,9 +139,7 @@ def _resume(ae: VideoAutoencoder, opt: torch.optim.Optimizer, directory: Path) -
     model = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     missing = ae.state_dict().keys() - model.keys()
     if missing or "optim.step" not in state:
-        raise CheckpointError(
-            f"{path}: not a checkpoint of this autoencoder (lacks e.g. {sorted(missing)[:3]})"
-        )
+        raise CheckpointError(f"{path}: not a checkpoint of this autoencoder (lacks e.g. {sorted(missing)[:3]})")
     ae.load_state_dict(model, strict=True)
     step = int(state["optim.step"])
     device = ae.param_device

@@ -176,9 +176,7 @@ class Resample(nn.Module):
         if prev is None:
             raise RuntimeError("a later chunk reached a temporal downsampler whose cache holds no frame")
         if rest.shape[2] % 2:
-            raise ValueError(
-                f"temporal downsampler needs an even frame count after the first, got {rest.shape[2]}"
-            )
+            raise ValueError(f"temporal downsampler needs an even frame count after the first, got {rest.shape[2]}")
         cache.keep(self.time_conv, x[:, :, -1:])
         if rest.shape[2] == 0:
             return first

@@ -20,14 +20,10 @@ def _floats(text: str) -> list[float]:
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (or checkpoint folder beside a config.toml)")
-    p.add_argument(
-        "--videos", required=True, help="video folder with captions.jsonl; its held-out split is used"
-    )
+    p.add_argument("--videos", required=True, help="video folder with captions.jsonl; its held-out split is used")
     p.add_argument("--autoencoder", required=True)
     p.add_argument("--text", default="hash")
-    p.add_argument(
-        "--features", default="", help="clip:PATH; empty: train a ClipFeatureNet on the train split"
-    )
+    p.add_argument("--features", default="", help="clip:PATH; empty: train a ClipFeatureNet on the train split")
     p.add_argument("--feature-steps", type=int, default=400)
     p.add_argument("--frames", type=int, default=21)
     p.add_argument("--fps", type=float, default=8.0)
@@ -73,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     run_dir = Path(args.run)
-    config_path = next(
-        (d / "config.toml" for d in (run_dir, *run_dir.parents) if (d / "config.toml").exists()), None
-    )
+    config_path = next((d / "config.toml" for d in (run_dir, *run_dir.parents) if (d / "config.toml").exists()), None)
     if config_path is None:
         raise SystemExit(f"{run_dir}: no config.toml here or above (is it a vidfx train run folder?)")
     run_cfg = tomllib.loads(config_path.read_text())
@@ -106,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
         clips = list(iter_clips(args.videos, args.frames, args.fps, size, "train", args.heldout))
         names = sorted({c.look or c.file for c in clips})
         labels = torch.tensor([names.index(c.look or c.file) for c in clips])
-        net = train_feature_net(
-            torch.stack([c.frames for c in clips]), labels, args.feature_steps, seed=args.seed
-        )
+        net = train_feature_net(torch.stack([c.frames for c in clips]), labels, args.feature_steps, seed=args.seed)
     net = Standardize(net, data.clips)
     ref = clip_features(net, data.clips)
     shape = tuple(data.latents.shape[1:])

@@ -36,9 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
     enc = sub.add_parser("encode", help="decode a video folder into clips and cache their latents + captions")
     enc.add_argument("videos", help="folder of videos with captions.jsonl (format: vidfx.train.data)")
     enc.add_argument("out", help="latent cache folder (resumed if it exists)")
-    enc.add_argument(
-        "--autoencoder", required=True, help="autoencoder safetensors (or random:tiny for plumbing)"
-    )
+    enc.add_argument("--autoencoder", required=True, help="autoencoder safetensors (or random:tiny for plumbing)")
     enc.add_argument("--text", default="hash", help="text encoder: hash, hash:DIM:TOKENS or umt5:FOLDER")
     enc.add_argument("--frames", type=int, default=21, help="pixel frames a clip (1 + 4·n)")
     enc.add_argument("--fps", type=float, default=8.0)
@@ -55,13 +53,9 @@ def register(p: argparse.ArgumentParser) -> None:
     for name, (help_text, _) in STAGES.items():
         s = sub.add_parser(name, help=help_text, description=help_text)
         s.add_argument("--config", help="TOML config (fields: vidfx.train.config)")
-        s.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-4"
-        )
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-4")
         s.set_defaults(func=run_stage)
-    ab = sub.add_parser(
-        "ablation", help="CausVid's ablation end to end: train every variant, evaluate, report"
-    )
+    ab = sub.add_parser("ablation", help="CausVid's ablation end to end: train every variant, evaluate, report")
     ab.add_argument("--config", help="TOML config (fields: vidfx.train.ablation.AblationConfig)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ab.set_defaults(func=run_ablation)

@@ -65,8 +65,7 @@ class LookClassifier(nn.Module):
         # yet the stages run at 1 / stem_stride^2 of the pixels.
         self.stem = _conv(3 * config.frames, w[0], config.stem_stride, kernel=2 * config.stem_stride)
         self.stages = nn.ModuleList(
-            nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout, 1))
-            for cin, cout in zip(w[:-1], w[1:], strict=True)
+            nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout, 1)) for cin, cout in zip(w[:-1], w[1:], strict=True)
         )
         self.embed = nn.Linear(2 * w[-1], config.embed_dim)
         self.head = nn.Linear(config.embed_dim, len(config.classes))
@@ -112,9 +111,7 @@ class Windows:
         return int(self.labels.shape[0])
 
 
-def video_windows(
-    video: np.ndarray, frames: int, size: int, count: int, rng: np.random.Generator
-) -> torch.Tensor:
+def video_windows(video: np.ndarray, frames: int, size: int, count: int, rng: np.random.Generator) -> torch.Tensor:
     """`count` random windows of `frames` frames of uint8 (T, H, W, 3): uint8 (count, frames, 3, s, s)."""
     starts = rng.integers(0, video.shape[0] - frames + 1, size=count)
     picked = np.stack([video[s : s + frames] for s in starts])  # (count, frames, H, W, 3)
@@ -169,9 +166,7 @@ def windows_from_dataset(
     if max_clips is not None:
         keep = sorted({r["clip"] for r in records})[:max_clips]
         records = [r for r in records if r["clip"] in set(keep)]
-    return _collect(
-        ((read_video(folder / r["file"]), r["look"], r["clip"]) for r in records), config, per_video, seed
-    )
+    return _collect(((read_video(folder / r["file"]), r["look"], r["clip"]) for r in records), config, per_video, seed)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -193,10 +188,7 @@ class TrainReport:
 def predict(model: LookClassifier, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted class indices for uint8 windows (N, T, 3, s, s)."""
     model.eval()
-    out = [
-        model(frames[i : i + batch_size].float() / 255.0).argmax(-1)
-        for i in range(0, len(frames), batch_size)
-    ]
+    out = [model(frames[i : i + batch_size].float() / 255.0).argmax(-1) for i in range(0, len(frames), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -243,9 +235,7 @@ def fit(
     return losses
 
 
-def evaluate(
-    model: LookClassifier, windows: Windows, idx: torch.Tensor
-) -> tuple[float, dict[str, float], np.ndarray]:
+def evaluate(model: LookClassifier, windows: Windows, idx: torch.Tensor) -> tuple[float, dict[str, float], np.ndarray]:
     """Accuracy, per-class accuracy and confusion matrix on the windows `idx`."""
     classes = model.config.classes
     pred = predict(model, windows.frames[idx])
@@ -294,9 +284,7 @@ def save_look_classifier(model: LookClassifier, path: str | Path) -> None:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        state, str(path), metadata={"config": model.config.to_json(), "format": "vidfx.look_classifier"}
-    )
+    save_file(state, str(path), metadata={"config": model.config.to_json(), "format": "vidfx.look_classifier"})
 
 
 def load_look_classifier(path: str | Path, device: str | torch.device = "cpu") -> LookClassifier:

@@ -40,9 +40,7 @@ def _px(x: torch.Tensor, n: float) -> float:
     return n * min(x.shape[-2:]) / 128.0
 
 
-def _depthwise(
-    x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int, int, int], mode: str
-) -> torch.Tensor:
+def _depthwise(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
     """One small 2-D kernel over every channel of (N, C, H, W); a grouped conv is ~10x faster here than
     a batch of one-channel images."""
     n, c, h, w = x.shape
@@ -163,10 +161,7 @@ def pixel_art(x: torch.Tensor, seed: int) -> torch.Tensor:
     small = saturate((small - 0.5) * 1.15 + 0.5, 1.4)
     # Ordered (Bayer) dithering on the coarse grid, fixed in screen space, so gradients become patterns.
     sh, sw = small.shape[-2:]
-    bayer = (
-        torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=x.dtype) / 16
-        - 0.47
-    )
+    bayer = torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=x.dtype) / 16 - 0.47
     small = small + 0.12 * bayer.repeat(sh // 4 + 1, sw // 4 + 1)[:sh, :sw]
     flat = small.permute(0, 2, 3, 1).reshape(-1, 3)  # (N*sh*sw, 3)
     idx = torch.cdist(flat, PICO8).argmin(-1)
@@ -238,9 +233,7 @@ def watercolor(x: torch.Tensor, seed: int) -> torch.Tensor:
     return (paper * (1 - pigment)).clamp(0, 1)
 
 
-SEPIA = _ramp(
-    (0.08, 0.05, 0.03), (0.36, 0.24, 0.14), (0.66, 0.52, 0.35), (0.90, 0.80, 0.62), (0.98, 0.94, 0.82)
-)
+SEPIA = _ramp((0.08, 0.05, 0.03), (0.36, 0.24, 0.14), (0.66, 0.52, 0.35), (0.90, 0.80, 0.62), (0.98, 0.94, 0.82))
 
 
 def vintage_sepia(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -278,9 +271,7 @@ def comic(x: torch.Tensor, seed: int) -> torch.Tensor:
     return out * (1 - ink) + 0.03 * ink
 
 
-PHOSPHOR = _ramp(
-    (0.0, 0.02, 0.0), (0.05, 0.30, 0.04), (0.20, 0.70, 0.12), (0.60, 1.0, 0.45), (0.92, 1.0, 0.85)
-)
+PHOSPHOR = _ramp((0.0, 0.02, 0.0), (0.05, 0.30, 0.04), (0.20, 0.70, 0.12), (0.60, 1.0, 0.45), (0.92, 1.0, 0.85))
 
 
 def night_vision(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -448,9 +439,7 @@ def iter_pairs(
         rng = np.random.default_rng([seed, clip.index, 1])
         for look in clip.styled:
             options = clip.captions(look)
-            yield Pair(
-                clip.source, clip.styled[look], look, options[int(rng.integers(len(options)))], clip.index
-            )
+            yield Pair(clip.source, clip.styled[look], look, options[int(rng.integers(len(options)))], clip.index)
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -458,9 +447,7 @@ def iter_pairs(
 MANIFEST = "captions.jsonl"
 
 
-def write_video(
-    path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, pix_fmt: str = "yuv444p"
-) -> None:
+def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, pix_fmt: str = "yuv444p") -> None:
     """uint8 (T, H, W, 3) -> H.264 mp4. 4:4:4 by default: at 128 pixels, 4:2:0 chroma smears the thin
     coloured lines of neon edges and comic dots (mean error about 1.6x higher); pass "yuv420p" (even H and W)
     for files that browsers play."""
@@ -578,9 +565,7 @@ def write_dataset(
         "pix_fmt": pix_fmt,
     }
     (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    return DatasetInfo(
-        num_clips, seed, num_frames, tuple(size), fps, tuple(names), folder / MANIFEST, seconds
-    )
+    return DatasetInfo(num_clips, seed, num_frames, tuple(size), fps, tuple(names), folder / MANIFEST, seconds)
 
 
 def read_manifest(folder: str | Path) -> list[dict]:

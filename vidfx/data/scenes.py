@@ -51,9 +51,7 @@ PICTURES: dict[str, Picture] = {
     "brick": Picture("skimage", "data/brick.png", "a brick wall", "texture"),
     "grass": Picture("skimage", "data/grass.png", "grass", "texture"),
     "gravel": Picture("skimage", "data/gravel.png", "gravel", "texture"),
-    "jacksboro": Picture(
-        "matplotlib", "mpl-data/sample_data/jacksboro_fault_dem.npz", "a relief map of hills", "map"
-    ),
+    "jacksboro": Picture("matplotlib", "mpl-data/sample_data/jacksboro_fault_dem.npz", "a relief map of hills", "map"),
     "topobathy": Picture("matplotlib", "mpl-data/sample_data/topobathy.npz", "a topographic map", "map"),
 }
 
@@ -126,9 +124,7 @@ def colormap_lut(name: str) -> torch.Tensor:
     """A matplotlib colormap as a (256, 3) float32 table."""
     import matplotlib
 
-    return torch.from_numpy(
-        matplotlib.colormaps[name].resampled(256)(np.arange(256))[:, :3].astype(np.float32)
-    )
+    return torch.from_numpy(matplotlib.colormaps[name].resampled(256)(np.arange(256))[:, :3].astype(np.float32))
 
 
 def apply_lut(v: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -162,9 +158,7 @@ def random_color(rng: np.random.Generator, sat: tuple[float, float] = (0.4, 1.0)
     return torch.tensor(rgb, dtype=torch.float32)
 
 
-def fractal_noise(
-    rng: np.random.Generator, hw: tuple[int, int], octaves: int = 5, base: int = 3
-) -> torch.Tensor:
+def fractal_noise(rng: np.random.Generator, hw: tuple[int, int], octaves: int = 5, base: int = 3) -> torch.Tensor:
     """Smooth value noise summed over octaves, normalized to [0, 1]: (h, w)."""
     h, w = hw
     total = torch.zeros(1, 1, h, w)
@@ -357,9 +351,7 @@ def sprite(rng: np.random.Generator, side: int = 96) -> tuple[torch.Tensor, str]
     return torch.cat([rgb * alpha, alpha[None]]).clamp(0, 1), f"a {color_name} {shape}"
 
 
-def _sprite_theta(
-    center: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor, aspect: float
-) -> torch.Tensor:
+def _sprite_theta(center: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor, aspect: float) -> torch.Tensor:
     """Per-frame affine map from output normalized coords to sprite texture coords: (T, 2, 3)."""
     c, s = torch.cos(angle), torch.sin(angle)
     # sprite = R(-angle) (phys - center) / radius, phys = (x * aspect, y)
@@ -481,9 +473,7 @@ def render_source_clip(rng: np.random.Generator, num_frames: int, size: tuple[in
         padding_mode="reflection",
         align_corners=False,
     )
-    n_sprites = (
-        int(rng.choice([0, 1, 1, 2, 3])) if path.description != "a still camera" else int(rng.integers(1, 4))
-    )
+    n_sprites = int(rng.choice([0, 1, 1, 2, 3])) if path.description != "a still camera" else int(rng.integers(1, 4))
     names = []
     tau = torch.linspace(0, 1, num_frames)
     for _ in range(n_sprites):

@@ -165,7 +165,9 @@ class AttnContext:
     write_cache: bool = False  # store this chunk's keys/values (the t = context-noise pass)
 
 
-class SelfAttention(nn.Module):
+class Projections(nn.Module):
+    """Wan's attention parameters, shared by self- and cross-attention: q, k, v, o and RMSNorm on q and k."""
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
@@ -176,6 +178,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
+
+class SelfAttention(Projections):
     def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
         heads = (b, n, self.num_heads, self.head_dim)
@@ -197,17 +201,7 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: DiTConfig) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
-
+class CrossAttention(Projections):
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of the embedded prompt (B, text_len, dim) → (B, text_len, heads, head_dim) each."""
         shape = (context.shape[0], context.shape[1], self.num_heads, self.head_dim)

@@ -84,14 +84,10 @@ class AblationConfig:
     heldout: float = 0.2  # fraction of videos held out for evaluation
     max_clips_per_video: int | None = None
     eval_clips: int | None = 64
-    features: str = (
-        ""  # eval feature net: "look:PATH" (vidfx.data's look classifier), "clip:PATH"; "" trains one
-    )
+    features: str = ""  # eval feature net: "look:PATH" (vidfx.data's look classifier), "clip:PATH"; "" trains one
     chunk_frames: int = 2  # latent frames a chunk
     student_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
-    eval_step_lists: list[list[int]] = field(
-        default_factory=lambda: [[1000, 750, 500, 250], [1000, 500], [1000]]
-    )
+    eval_step_lists: list[list[int]] = field(default_factory=lambda: [[1000, 750, 500, 250], [1000, 500], [1000]])
     teacher_sample_steps: int = 50
     guidance: float = 6.0  # teacher CFG for ODE pairs and teacher samples (v_u + s·(v_c − v_u))
     dmd_guidance: float = 3.5  # CausVid's form c + (c − u)·s
@@ -215,9 +211,7 @@ def _feature_net(cfg: AblationConfig, size: tuple[int, int]) -> FeatureNet:
         return load_feature_net(cfg.features)
     path = Path(cfg.out) / "features.safetensors"
     if not path.exists():
-        clips = list(
-            iter_clips(cfg.videos, cfg.frames, cfg.fps, size, "train", cfg.heldout, cfg.max_clips_per_video)
-        )
+        clips = list(iter_clips(cfg.videos, cfg.frames, cfg.fps, size, "train", cfg.heldout, cfg.max_clips_per_video))
         names = sorted({c.look or c.file for c in clips})
         labels = torch.tensor([names.index(c.look or c.file) for c in clips])
         net = train_feature_net(
@@ -263,9 +257,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
     drift: dict[str, list[float]] = {}
     teacher = _load(cfg, "teacher", device)
     for n in [cfg.teacher_sample_steps, 4, 2, 1]:
-        m = evaluate_t2v(
-            teacher_sampler(teacher, latent_shape, n, cfg.guidance), data, reference_feats=ref, **common
-        )
+        m = evaluate_t2v(teacher_sampler(teacher, latent_shape, n, cfg.guidance), data, reference_feats=ref, **common)
         rows.append({"model": "teacher (bidirectional)", "steps": n, **m})
     causal_teacher = _load(cfg, "teacher_causal", device)
     m = evaluate_t2v(
@@ -298,9 +290,7 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
                     **evaluate_t2v(sampler, data, reference_feats=ref, **common),
                 }
             )
-        long = student_sampler(
-            model, latent_shape, cfg.eval_step_lists[0], cfg.chunk_frames, length=cfg.drift_length
-        )
+        long = student_sampler(model, latent_shape, cfg.eval_step_lists[0], cfg.chunk_frames, length=cfg.drift_length)
         drift[label] = evaluate_drift(long, data, frames=frames, reference_feats=ref, **common)
 
     # Video-to-video: the held-out clips without a look (all held-out clips if none is plain) re-rendered
@@ -378,9 +368,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     teacher50 = next(r for r in results["rows"] if r["model"] == "teacher (bidirectional)")
     for label in dict.fromkeys(r["model"] for r in results["rows"]):
-        pts = sorted(
-            (r["steps"], r["fd"]) for r in results["rows"] if r["model"] == label and r["steps"] <= 4
-        )
+        pts = sorted((r["steps"], r["fd"]) for r in results["rows"] if r["model"] == label and r["steps"] <= 4)
         if label.startswith("teacher"):
             continue
         a.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)

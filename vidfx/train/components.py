@@ -126,12 +126,8 @@ class LookFeatures:
         b, _, t, h, w = x.shape
         n = t // self.window
         if n == 0:
-            raise ValueError(
-                f"clips of {t} frames are shorter than the classifier's {self.window}-frame window"
-            )
-        frames = (
-            ((x[:, :, : n * self.window].float() + 1) / 2).clamp(0, 1).transpose(1, 2)
-        )  # (B, T', 3, H, W)
+            raise ValueError(f"clips of {t} frames are shorter than the classifier's {self.window}-frame window")
+        frames = ((x[:, :, : n * self.window].float() + 1) / 2).clamp(0, 1).transpose(1, 2)  # (B, T', 3, H, W)
         windows = frames.reshape(b * n, self.window, 3, h, w)
         return self.classifier.features(windows).view(b, n, -1).mean(1)
 

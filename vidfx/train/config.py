@@ -93,9 +93,7 @@ class TeacherConfig:
     latents: str = ""  # folder written by `vidfx train encode`
     init: str = ""  # optional weights to start from (safetensors file/folder or a vidfx checkpoint folder)
     text_dropout: float = 0.1  # probability of the null prompt (zero embeddings), for CFG; Wan/SD3 use 0.1
-    sigma_sampling: str = (
-        "shifted"  # "shifted": σ = shift(u), u ~ U(0,1); "logit_normal": σ = sigmoid(N(m, s))
-    )
+    sigma_sampling: str = "shifted"  # "shifted": σ = shift(u), u ~ U(0,1); "logit_normal": σ = sigmoid(N(m, s))
     shift: float = DEFAULT_SHIFT  # shifted schedule (Wan/CausVid timestep_shift 8)
     logit_mean: float = 0.0
     logit_std: float = 1.0

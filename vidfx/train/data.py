@@ -311,9 +311,7 @@ class LatentDataset:
     def __init__(self, folder: str | Path) -> None:
         self.reader = ShardReader(folder, "latents")
         self.meta = self.reader.meta
-        self._text = [
-            self.reader.shard_tensor(s, "_text") for s in range(len(self.reader.manifest["shards"]))
-        ]
+        self._text = [self.reader.shard_tensor(s, "_text") for s in range(len(self.reader.manifest["shards"]))]
         self._offsets = [
             self.reader.shard_tensor(s, "_text_offsets") for s in range(len(self.reader.manifest["shards"]))
         ]

@@ -77,9 +77,7 @@ def setup(run: RunConfig) -> Dist:
     if world == 1 and run.distributed == "none":
         return Dist(device=pick_device(run.device))
     if "RANK" not in os.environ:
-        raise RuntimeError(
-            f"run.distributed={run.distributed!r} needs torchrun (RANK/WORLD_SIZE are not set)"
-        )
+        raise RuntimeError(f"run.distributed={run.distributed!r} needs torchrun (RANK/WORLD_SIZE are not set)")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(run.device, local_rank)
     if device.type == "cuda":
@@ -150,9 +148,7 @@ def enable_gradient_checkpointing(model: CausalDiT) -> None:
     for blk in model.blocks:
         plain = blk.forward
 
-        def forward(
-            *args: object, _plain: Callable[..., torch.Tensor] = plain, **kwargs: object
-        ) -> torch.Tensor:
+        def forward(*args: object, _plain: Callable[..., torch.Tensor] = plain, **kwargs: object) -> torch.Tensor:
             if torch.is_grad_enabled():
                 return checkpoint(_plain, *args, use_reentrant=False, **kwargs)
             return _plain(*args, **kwargs)

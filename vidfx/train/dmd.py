@@ -192,9 +192,7 @@ class DMDStage(Stage):
         self.order = DataOrder(len(source), cfg.run.seed)
         seed = cfg.run.seed
         self.generator = build_network(cfg.model, self.device, seed, cfg.generator_init)
-        self.real = self.add_frozen(
-            build_network(cfg.model, self.device, seed, cfg.real_score, trainable=False)
-        )
+        self.real = self.add_frozen(build_network(cfg.model, self.device, seed, cfg.real_score, trainable=False))
         self.fake = build_network(cfg.model, self.device, seed, cfg.fake_score_init or cfg.real_score)
         check_text(source.text_shape, self.generator.cfg.text_dim, self.generator.cfg.text_len)
         self.add_trainable("generator", self.generator, cfg.optim, cfg.ema)

@@ -124,18 +124,14 @@ def edge_map(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the luma: (B, 3, T, H, W) in [-1, 1] → (B·T, 1, H, W), about [0, 1]."""
     b, _, t, h, w = x.shape
     rgb = (x.float() + 1) / 2
-    luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).reshape(
-        b * t, 1, h, w
-    )  # (B·T, 1, H, W)
+    luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).reshape(b * t, 1, h, w)  # (B·T, 1, H, W)
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device) / 4
     gx = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kx.view(1, 1, 3, 3))
     gy = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kx.T.reshape(1, 1, 3, 3))
     return (gx.pow(2) + gy.pow(2)).sqrt()
 
 
-def ssim(
-    a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
-) -> float:
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> float:
     """Mean SSIM (Wang et al. 2004: Gaussian window 11, σ 1.5, K1 0.01, K2 0.03) of images (N, 1, H, W);
     the window shrinks to the image on small frames."""
     window = min(window, a.shape[-1], a.shape[-2])
@@ -239,9 +235,7 @@ def student_v2v(
     return sample
 
 
-def teacher_v2v(
-    model: CausalDiT, num_steps: int, strength: float, guidance: float, shift: float = 8.0
-) -> V2VSampler:
+def teacher_v2v(model: CausalDiT, num_steps: int, strength: float, guidance: float, shift: float = 8.0) -> V2VSampler:
     """SDEdit with the teacher: Euler from σ = shift(strength) on the teacher's grid."""
     top = float(shift_sigma(strength, shift))
     grid = [s for s in teacher_sigmas(num_steps, shift) if s < top - 1e-9]
@@ -275,9 +269,7 @@ class EvalSet:
 Decode = Callable[[torch.Tensor], torch.Tensor]  # latents (B, C, F, H, W) → pixels (B, 3, T, H, W)
 
 
-def _generate(
-    sampler: Sampler, text: torch.Tensor, seed: int, batch: int, device: torch.device
-) -> torch.Tensor:
+def _generate(sampler: Sampler, text: torch.Tensor, seed: int, batch: int, device: torch.device) -> torch.Tensor:
     outs = []
     for i in range(0, len(text), batch):
         gen = torch.Generator(device=device).manual_seed(seed + i)
@@ -386,8 +378,6 @@ def load_eval_set(
         raise ValueError(f"{videos}: {len(clips)} {split} clip(s); evaluation needs at least two")
     pixels = torch.stack([c.frames for c in clips])
     with torch.no_grad():
-        latents = torch.cat(
-            [autoencoder.encode(pixels[i : i + 4]).float().cpu() for i in range(0, len(pixels), 4)]
-        )
+        latents = torch.cat([autoencoder.encode(pixels[i : i + 4]).float().cpu() for i in range(0, len(pixels), 4)])
         text = text_encoder.encode([c.captions[0] for c in clips]).float().cpu()
     return EvalSet(pixels, text, latents, [c.look for c in clips])

@@ -90,9 +90,7 @@ class ShardReader:
         if kind is not None and self.manifest["kind"] != kind:
             raise ValueError(f"{self.folder}: holds {self.manifest['kind']!r}, expected {kind!r}")
         self.meta: dict[str, Any] = self.manifest["meta"]
-        self._handles = [
-            safe_open(str(self.folder / s["file"]), framework="pt") for s in self.manifest["shards"]
-        ]
+        self._handles = [safe_open(str(self.folder / s["file"]), framework="pt") for s in self.manifest["shards"]]
         self._starts = []
         start = 0
         for s in self.manifest["shards"]:

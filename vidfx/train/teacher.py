@@ -42,9 +42,7 @@ class TeacherStage(Stage):
             shape: tuple[int, ...] = (b,)
         else:
             shape = (b, frames // cfg.chunk_frames)
-        sigma = sample_sigma(
-            shape, gen, x0.device, cfg.sigma_sampling, cfg.shift, cfg.logit_mean, cfg.logit_std
-        )
+        sigma = sample_sigma(shape, gen, x0.device, cfg.sigma_sampling, cfg.shift, cfg.logit_mean, cfg.logit_std)
         if cfg.chunk_frames is not None:
             sigma = per_chunk(sigma, cfg.chunk_frames, frames)  # (B, F)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)

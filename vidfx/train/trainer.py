@@ -191,9 +191,7 @@ def write_losses(history: list[Mapping[str, float]], out: str | Path) -> None:
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, lw=0.6, alpha=0.4, label="raw")
         k = max(1, len(ys) // 20)
-        smooth = [
-            sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))
-        ]
+        smooth = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
         ax.plot(xs, smooth, lw=1.4, label=f"mean of {k}")
         ax.set_ylabel(key)
         if min(ys) > 0 and max(ys) / min(ys) > 50:
