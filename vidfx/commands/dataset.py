@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         sheet = contact_sheet(
             args.contact_sheet or Path(args.out) / "contact_sheet.png",
             seed=args.seed,
+            num_clips=6,
             size=(h, w),
             num_frames=args.frames,
         )
