@@ -24,8 +24,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contact-sheet", default=None, help="PNG path (default OUT/contact_sheet.png)")
     p.add_argument("--no-contact-sheet", action="store_true")
     p.add_argument("--classifier", default=None, help="also train the look classifier and save it here")
-    p.add_argument("--classifier-steps", type=int, default=400)
-    p.add_argument("--classifier-clips", type=int, default=400, help="clips (all looks) it trains/tests on")
+    p.add_argument("--classifier-steps", type=int, default=800)
+    p.add_argument("--classifier-clips", type=int, default=1000, help="clips (all looks) it trains/tests on")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the classifier")
     p.set_defaults(func=run)
 
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         sheet = contact_sheet(
             args.contact_sheet or Path(args.out) / "contact_sheet.png",
             seed=args.seed,
+            num_clips=6,
             size=(h, w),
             num_frames=args.frames,
         )

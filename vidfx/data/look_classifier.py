@@ -121,36 +121,23 @@ def video_windows(video: np.ndarray, frames: int, size: int, count: int, rng: np
     return (x + 0.5).clamp(0, 255).to(torch.uint8).unflatten(0, (count, frames))
 
 
-def _collect(
-    items: Iterable[tuple[np.ndarray, str | None, int]],
-    config: LookClassifierConfig,
-    per_video: int,
-    seed: int,
-) -> Windows:
-    rng = np.random.default_rng(seed)
-    frames, labels, clips = [], [], []
-    index = {name: i for i, name in enumerate(config.classes)}
-    for video, look, clip in items:
-        label = index["none" if look is None else look]
-        frames.append(video_windows(video, config.frames, config.size, per_video, rng))
-        labels += [label] * per_video
-        clips += [clip] * per_video
-    return Windows(torch.cat(frames), torch.tensor(labels), torch.tensor(clips))
+def _label(config: LookClassifierConfig, look: str | None) -> int:
+    return config.classes.index("none" if look is None else look)
 
 
 def windows_from_clips(
     clips: Iterable[Clip], config: LookClassifierConfig, per_video: int = 1, seed: int = 0
 ) -> Windows:
     """Windows of in-memory clips: the source ("none") and every look each clip carries."""
-
-    def items() -> Iterable[tuple[np.ndarray, str | None, int]]:
-        for clip in clips:
-            yield clip.source, None, clip.index
-            for look, video in clip.styled.items():
-                if look in config.classes:
-                    yield video, look, clip.index
-
-    return _collect(items(), config, per_video, seed)
+    frames, labels, ids = [], [], []
+    for clip in clips:
+        videos = [(None, clip.source), *((k, v) for k, v in clip.styled.items() if k in config.classes)]
+        for look, video in videos:
+            rng = np.random.default_rng([seed, clip.index, _label(config, look)])
+            frames.append(video_windows(video, config.frames, config.size, per_video, rng))
+            labels += [_label(config, look)] * per_video
+            ids += [clip.index] * per_video
+    return Windows(torch.cat(frames), torch.tensor(labels), torch.tensor(ids))
 
 
 def windows_from_dataset(
@@ -159,14 +146,28 @@ def windows_from_dataset(
     per_video: int = 1,
     max_clips: int | None = None,
     seed: int = 0,
+    workers: int = 2,
 ) -> Windows:
-    """Windows decoded from a dataset written by `write_dataset` (so with its codec artefacts)."""
+    """Windows decoded from a dataset written by `write_dataset` (so with its codec artefacts). Files are
+    decoded on `workers` threads (the decoder releases the GIL); each file's windows come from its own seed,
+    so the result does not depend on the thread count."""
+    from concurrent.futures import ThreadPoolExecutor
+
     folder = Path(folder)
     records = [r for r in read_manifest(folder) if (r["look"] or "none") in config.classes]
     if max_clips is not None:
-        keep = sorted({r["clip"] for r in records})[:max_clips]
-        records = [r for r in records if r["clip"] in set(keep)]
-    return _collect(((read_video(folder / r["file"]), r["look"], r["clip"]) for r in records), config, per_video, seed)
+        keep = set(sorted({r["clip"] for r in records})[:max_clips])
+        records = [r for r in records if r["clip"] in keep]
+
+    def load(r: dict) -> torch.Tensor:
+        rng = np.random.default_rng([seed, r["clip"], _label(config, r["look"])])
+        return video_windows(read_video(folder / r["file"]), config.frames, config.size, per_video, rng)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        frames = list(pool.map(load, records))
+    labels = torch.tensor([_label(config, r["look"]) for r in records]).repeat_interleave(per_video)
+    clips = torch.tensor([r["clip"] for r in records]).repeat_interleave(per_video)
+    return Windows(torch.cat(frames), labels, clips)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -251,12 +252,12 @@ def train_look_classifier(
     dataset: str | Path | Windows,
     out: str | Path | None = None,
     config: LookClassifierConfig | None = None,
-    steps: int = 400,
+    steps: int = 800,
     batch_size: int = 64,
     lr: float = 2e-3,
     holdout: float = 0.2,
     per_video: int = 2,
-    max_clips: int | None = 400,
+    max_clips: int | None = 1000,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainReport:
@@ -305,6 +306,8 @@ def classify(model: LookClassifier, video: np.ndarray, stride: int | None = None
     """Mean class probabilities over the windows of one uint8 video (T, H, W, 3)."""
     t = model.config.frames
     stride = stride or t
+    if video.shape[0] < t:
+        raise ValueError(f"the classifier looks at {t} frames at a time; the video has {video.shape[0]}")
     x = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
     wins = torch.stack([x[s : s + t] for s in range(0, x.shape[0] - t + 1, stride)])
     with torch.no_grad():
