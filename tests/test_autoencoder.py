@@ -317,3 +317,21 @@ def test_train_autoencoder_command(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not torch.equal(ae.latent_std, torch.ones(16))  # the fitted statistics were saved
     assert "wrote" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("autoencoder-step*")) == ["autoencoder-step0000003.safetensors"]
+
+
+def test_train_autoencoder_command_on_a_video_folder(tmp_path: Path) -> None:
+    import argparse
+
+    from vidfx.commands import train_autoencoder as command
+    from vidfx.data.looks import write_dataset
+
+    write_dataset(tmp_path / "looks", num_clips=2, num_frames=9, size=(32, 32), looks=["thermal"], progress=False)
+    parser = argparse.ArgumentParser()
+    command.register(parser)
+    out = tmp_path / "run"
+    argv = [str(out), "--videos", str(tmp_path / "looks"), "--steps", "2", "--batch", "2", "--frames", "5"]
+    args = parser.parse_args([*argv, "--size", "32", "--device", "cpu", "--stats-batches", "1", "--no-progress"])
+    batch = next(command.clip_source(args, 0))
+    assert batch.shape == (2, 3, 5, 32, 32) and -1 <= batch.min() < batch.max() <= 1
+    assert args.func(args) == 0
+    assert isinstance(load_autoencoder(out / "autoencoder.safetensors"), TinyAutoencoder)

@@ -1,7 +1,8 @@
 """`vidfx train-autoencoder OUT_DIR`: train the tiny video autoencoder, then fit its latent statistics.
 
-Clips come from `--source`; only `procedural` (random smooth moving scenes, `train.procedural_clips`) exists
-here — a video dataset source plugs in at `clip_source`. Re-running with the same OUT_DIR resumes.
+Clips come from `--videos FOLDER` (a folder with captions.jsonl, e.g. `vidfx dataset` output: every clip of
+its videos, shuffled, drawn again each epoch) or, without it, from random smooth procedural scenes
+(`train.procedural_clips`). Re-running with the same OUT_DIR resumes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from vidfx.autoencoder.train import fit_latent_stats, procedural_clips, train_au
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="checkpoint folder (resumed if it holds checkpoints)")
-    p.add_argument("--source", default="procedural", choices=["procedural"], help="where clips come from")
+    p.add_argument("--videos", default=None, help="video folder with captions.jsonl (default: procedural clips)")
+    p.add_argument("--fps", type=float, default=16.0, help="frame rate clips are decoded at (with --videos)")
     p.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
@@ -33,7 +35,29 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def video_clips(
+    folder: str, batch: int, frames: int, size: int, fps: float, seed: int, device: str
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches (B, 3, T, H, W) of every clip in a video folder, held as uint8 in memory."""
+    from vidfx.train.data import iter_clips
+
+    clips = [
+        ((c.frames + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W): a quarter of the float memory
+        for c in iter_clips(folder, frames, fps, (size, size), split="all")
+    ]
+    if not clips:
+        raise ValueError(f"{folder}: no clip of {frames} frames in its videos")
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(clips), generator=gen).tolist()
+        for i in range(0, len(order) - batch + 1, batch):
+            x = torch.stack([clips[j] for j in order[i : i + batch]]).to(device)
+            yield x.float() / 127.5 - 1.0
+
+
 def clip_source(args: argparse.Namespace, seed: int) -> Iterator[torch.Tensor]:
+    if args.videos:
+        return video_clips(args.videos, args.batch, args.frames, args.size, args.fps, seed, args.device)
     return procedural_clips(args.batch, args.frames, args.size, seed=seed, device=args.device)
 
 
