@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vidfx.autoencoder import VideoAutoencoder, build_autoencoder
+from vidfx.benchmarking.results import update_section
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Autoencoders"
@@ -131,29 +132,12 @@ def markdown(timings: list[Timing], header: str) -> str:
     return "\n".join(lines)
 
 
-def update_results(section_body: str, path: Path = RESULTS) -> None:
-    """Replace the `## Autoencoders` section of RESULTS.md (up to the next `## ` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.rstrip("\n").splitlines()
-    body = section_body.rstrip("\n").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        out = [*lines, "", *body]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        out = [*lines[:start], *body, *([""] + lines[end:] if end < len(lines) else [])]
-    new = "\n".join(out) + "\n"
-    path.write_text(new)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument(
-        "--tiny-chunks", type=int, default=40, help="timed chunks (or first frames) for the tiny AE"
-    )
+    p.add_argument("--tiny-chunks", type=int, default=40, help="timed chunks (or first frames) for the tiny AE")
     p.add_argument("--wan-chunks", type=int, default=2, help="timed chunks for the Wan VAE at 128×128")
     p.add_argument(
         "--wan-large-steady",
@@ -193,15 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ae, name, h, w, chunks, first_only in plan:
         t = time_stream(ae, name, h, w, chunks, first_only=first_only)
         timings.append(t)
-        print(
-            f"{name} {h}×{w} {t.mode}: best {t.best_ms:,.2f}, median {t.median_ms:,.2f} ms/frame", flush=True
-        )
+        print(f"{name} {h}×{w} {t.mode}: best {t.best_ms:,.2f}, median {t.median_ms:,.2f} ms/frame", flush=True)
     elapsed = time.perf_counter() - started
     # How much of its threads' time the process actually got: well below 100 % means other processes
     # competed for the cores and every number above is inflated by waiting.
-    cpu_share = (
-        (time.process_time() - cpu_started) / (elapsed * args.threads) if device.type == "cpu" else 1.0
-    )
+    cpu_share = (time.process_time() - cpu_started) / (elapsed * args.threads) if device.type == "cpu" else 1.0
 
     where = (
         f"{cpu_name()}, {args.threads} torch threads"
@@ -231,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table)
     if not args.no_write:
-        update_results(table)
+        update_section(SECTION, table, RESULTS)
         print(f"\nupdated {RESULTS}")
     return 0
 

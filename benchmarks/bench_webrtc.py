@@ -40,6 +40,7 @@ import zmq.asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from vidfx.benchmarking.results import update_section
 from vidfx.protocol import frame_header
 from vidfx.webrtc.gateway import enable_loopback_candidates
 from vidfx.webrtc.jitter import enable_marker_frames
@@ -408,20 +409,6 @@ def report(args: argparse.Namespace, model_name: str, resolution: list[int], run
     return "\n".join(lines) + "\n"
 
 
-def update_results(section: str, path: Path = RESULTS) -> None:
-    """Replace the `## WebRTC` section of RESULTS.md (up to the next `## ` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.rstrip("\n").splitlines()
-    body = section.rstrip("\n").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        out = [*lines, "", *body]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        out = [*lines[:start], *body, *([""] + lines[end:] if end < len(lines) else [])]
-    path.write_text("\n".join(out) + "\n")
-
-
 async def measure(args: argparse.Namespace) -> tuple[str, list[int], list[Run]]:
     size = tuple(args.size)
     runs = []
@@ -469,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, model_name, resolution, runs, codec)
     print(text)
     if not args.no_write:
-        update_results(text)
+        update_section(SECTION, text, RESULTS)
         print(f"updated {RESULTS}")
     return 0
 

@@ -26,9 +26,7 @@ SHAPES = ("circle", "square", "bar")
 MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
-def render(
-    shape: str, motion: str, look: str, n: int, size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def render(shape: str, motion: str, look: str, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     light, dark = (np.array(c) for c in LOOKS[look])
     ys, xs = np.mgrid[0:size, 0:size] / size
     vx, vy = MOTIONS[motion]
@@ -81,9 +79,7 @@ def main() -> None:
         shape, motion = SHAPES[i % 3], list(MOTIONS)[(i // 3) % 4]
         look = list(LOOKS)[(i // 12 + i) % 3]
         name = f"toy{i:03d}.mp4"
-        write_mp4(
-            out / name, render(shape, motion, look, int(args.seconds * args.fps), args.size, rng), args.fps
-        )
+        write_mp4(out / name, render(shape, motion, look, int(args.seconds * args.fps), args.size, rng), args.fps)
         caps = [f"a {shape} moving {motion}, {look} colours", f"{look} {shape} gliding {motion}"]
         lines.append(json.dumps({"file": name, "captions": caps, "look": look}))
     (out / "captions.jsonl").write_text("\n".join(lines) + "\n")

@@ -163,6 +163,20 @@ def test_sigma_sampling_and_text_dropout() -> None:
     assert set(kept.tolist()) <= {0.0, 1.0} and abs(float(1 - kept.mean()) - 0.1) < 0.03
 
 
+def fixed_batch_losses(
+    stage: TeacherStage | StudentInitStage, role: str, seed: int, steps: int = 25
+) -> tuple[float, float]:
+    """The stage's loss on its first batch before and after `steps` optimiser steps on that same batch."""
+    batch = stage.batch(0)
+    with torch.no_grad():
+        before = stage.loss(batch, gen(seed)).item()
+    for _ in range(steps):
+        stage.optimize(role, stage.loss(batch, gen(seed)), stage.cfg.optim)
+    with torch.no_grad():
+        after = stage.loss(batch, gen(seed)).item()
+    return before, after
+
+
 @pytest.mark.parametrize("chunk_frames", [None, 2])
 def test_teacher_loss_falls_on_a_fixed_batch(workdir: Path, tmp_path: Path, chunk_frames: int | None) -> None:
     cfg = TeacherConfig(
@@ -173,14 +187,7 @@ def test_teacher_loss_falls_on_a_fixed_batch(workdir: Path, tmp_path: Path, chun
         model=SPEC,
         optim=OptimConfig(lr=3e-3),
     )
-    stage = TeacherStage(cfg)
-    batch = stage.batch(0)
-    with torch.no_grad():
-        before = stage.loss(batch, gen(5)).item()
-    for _ in range(25):
-        stage.optimize("teacher", stage.loss(batch, gen(5)), cfg.optim)
-    with torch.no_grad():
-        after = stage.loss(batch, gen(5)).item()
+    before, after = fixed_batch_losses(TeacherStage(cfg), "teacher", seed=5)
     assert after < 0.6 * before, (before, after)
 
 
@@ -256,14 +263,7 @@ def test_student_init_loss_falls_on_a_fixed_batch(workdir: Path, tmp_path: Path)
         model=SPEC,
         optim=OptimConfig(lr=3e-3),
     )
-    stage = StudentInitStage(cfg)
-    batch = stage.batch(0)
-    with torch.no_grad():
-        before = stage.loss(batch, gen(7)).item()
-    for _ in range(25):
-        stage.optimize("generator", stage.loss(batch, gen(7)), cfg.optim)
-    with torch.no_grad():
-        after = stage.loss(batch, gen(7)).item()
+    before, after = fixed_batch_losses(StudentInitStage(cfg), "generator", seed=7)
     assert after < 0.5 * before, (before, after)
 
 
