@@ -13,6 +13,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "run the streaming node (ZeroMQ, WebRTC page/WHIP/WHEP, /healthz /readyz /metrics)",
         "vidfx.commands.serve",
     ),
+    "run": ("stylise a video file (file to file, the live node's streaming path)", "vidfx.commands.run"),
+    "generate": ("text- or image-to-video with the streaming generator", "vidfx.commands.generate"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
     "dataset": ("write the looks training set (mp4 + captions.jsonl)", "vidfx.commands.dataset"),

@@ -180,11 +180,14 @@ def _add_field(parser: argparse.ArgumentParser, section: str | None, name: str, 
     parser.add_argument(_flag(section, name), **kwargs)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (`--section-field`), defaulting to 'not given' so lower sources still apply."""
+def add_settings_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """One flag per setting (`--section-field`), defaulting to 'not given' so lower sources still apply.
+    `sections`: only those sections' flags (the file commands need the model's, not the network's)."""
     parser.add_argument("--env-file", default=".env", help="dotenv file read before the environment (default: .env)")
     top_hints = typing.get_type_hints(Settings)
     for name, info in Settings.model_fields.items():
+        if sections is not None and name not in sections:
+            continue
         if name in _SECTIONS:
             group = parser.add_argument_group(f"{name} settings")
             section_model = _SECTIONS[name]

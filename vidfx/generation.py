@@ -44,10 +44,24 @@ def denoise_chunk(
     Returns the clean latents x₀ (B, C, F, H, W) in fp32.
     """
     x0 = sample_few_step(chunk_denoiser(model, cross, cache), x, sigmas, generator)
+    write_context(model, x0, cross, cache, generator, context_sigma)
+    return x0
+
+
+@torch.no_grad()
+def write_context(
+    model: CausalDiT,
+    x0: torch.Tensor,
+    cross: CrossAttnCache,
+    cache: KVCache,
+    generator: torch.Generator | None = None,
+    context_sigma: float = 0.0,
+) -> None:
+    """Append clean latents x0 (B, C, F, H, W) to the stream's KV cache as context for the chunks after them:
+    a denoised chunk, or a given image's latent (CausVid's zero-shot image-to-video)."""
     ctx = x0
     if context_sigma > 0:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         ctx = noise_to(x0, noise, context_sigma)
     t = torch.full((x0.shape[0],), 1000.0 * context_sigma, device=x0.device)
     model.forward_chunk(ctx, t, cross, cache, write_cache=True)
-    return x0

@@ -28,10 +28,10 @@ import torch
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
-from vidfx.generation import denoise_chunk
+from vidfx.generation import denoise_chunk, write_context
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 from vidfx.model.wan_dit import CausalDiT, DiTConfig
-from vidfx.sampling import DEFAULT_SHIFT, noise_to, shift_sigma, velocity_to_x0
+from vidfx.sampling import DEFAULT_SHIFT, noise_to, shift_sigma, step_sigmas, velocity_to_x0
 from vidfx.text.base import TextEncoder, blend, interpolate
 from vidfx.text.cache import PromptEmbeddings
 from vidfx.weights import CheckpointError, load_into, load_state_dict
@@ -321,6 +321,37 @@ class StylePipeline:
             else:
                 self._denoise_batch(group)
         return [self._decode(p) for p in prepared]
+
+    @torch.no_grad()
+    def generate_chunk(
+        self, state: StreamState, size: tuple[int, int], image: np.ndarray | None = None, pts_us: int = 0
+    ) -> np.ndarray:
+        """The stream's next chunk from noise (text-to-video): uint8 (T, H, W, 3) frames of `size` (H, W).
+
+        `image` (H, W, 3) uint8, only for a stream's first chunk: it becomes that chunk (one frame, through the
+        autoencoder) and the context every later chunk attends to — CausVid's zero-shot image-to-video.
+        """
+        if image is not None and state.chunks:
+            raise ValueError("an image can only start a stream (its first chunk)")
+        self._apply(state, state.params, pts_us)
+        assert state.cross is not None
+        n = self.settings.latent_frames_per_chunk
+        if image is not None:
+            geometry = self.geometry(image.shape[:2])
+            x0 = state.encoder.encode(frames_to_tensor(image[None], geometry=geometry, device=self.device)).float()
+            write_context(self.dit, x0, state.cross, state.kv, state.generator, self.settings.context_sigma)
+        else:
+            h, w = self.latent_hw
+            noise = torch.randn(
+                (1, self.dit.cfg.in_dim, n, h, w), generator=state.generator, device=self.device
+            ).to(self.dit.patch_embedding.weight.dtype)
+            sigmas = step_sigmas(list(state.params.steps))
+            x0 = denoise_chunk(
+                self.dit, noise, sigmas, state.cross, state.kv, state.generator, self.settings.context_sigma
+            )
+        pixels = state.decoder.decode(x0.to(self.autoencoder.param_dtype))  # the decoder tracks first/later
+        state.chunks += 1
+        return tensor_to_rgb(pixels.float(), self.geometry(size))
 
     def _encode(self, request: ChunkRequest) -> _Prepared:
         st = request.state

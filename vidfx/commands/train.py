@@ -120,6 +120,8 @@ def run_ablation(args: argparse.Namespace) -> int:
     from vidfx.train.ablation import AblationConfig, run_ablation
 
     cfg = load_config(AblationConfig, args.config, args.set)
-    run_ablation(cfg)
-    print(f"report: {cfg.out}/ablation.md, {cfg.out}/ablation.png")
+    if run_ablation(cfg) is None:
+        print(f"stages {', '.join(cfg.stages)} done in {cfg.out}")
+    else:
+        print(f"report: {cfg.out}/ablation.md, {cfg.out}/ablation.png")
     return 0

@@ -92,6 +92,9 @@ class AblationConfig:
     guidance: float = 6.0  # teacher CFG for ODE pairs and teacher samples (v_u + s·(v_c − v_u))
     dmd_guidance: float = 3.5  # CausVid's form c + (c − u)·s
     teacher_steps: int = 3000
+    # The causal teacher starts from the bidirectional teacher's weights and is fine-tuned block-causally for
+    # this many steps (0: trained from scratch for teacher_steps, as the bidirectional one).
+    causal_teacher_steps: int = 0
     student_init_steps: int = 1000
     dmd_steps: int = 1000  # critic steps (the generator steps every `ratio`-th)
     dmd_ratio: int = 5
@@ -106,8 +109,22 @@ class AblationConfig:
     dmd_lr: float = 2e-5
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    # Stages this process runs (empty: all, then evaluation). Stages wait for nothing: run a stage's
+    # inputs first. Two single-thread processes on disjoint stages use 2 cores better than one with 2
+    # threads for a tiny model.
+    stages: list[str] = field(default_factory=list)
     progress: bool = True
     model: ModelSpec = field(default_factory=ModelSpec)
+
+
+# DMD variants: generator init, real (and fake) score, whether the scores are block-causal.
+DMD_VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "dmd_ode": ("student_ode", "teacher", False),  # the recipe
+    "dmd_no_ode": ("teacher", "teacher", False),
+    "dmd_causal_teacher": ("student_ode", "teacher_causal", True),
+}
+STAGES = ("encode", "teacher", "teacher_causal", "pairs", "student_ode", *DMD_VARIANTS, "evaluate")
 
 
 def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
@@ -124,78 +141,83 @@ def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
     )
 
 
+def wants(cfg: AblationConfig, stage: str) -> bool:
+    if cfg.stages and any(s not in STAGES for s in cfg.stages):
+        raise ValueError(f"unknown stage(s) {sorted(set(cfg.stages) - set(STAGES))}; known: {list(STAGES)}")
+    return not cfg.stages or stage in cfg.stages
+
+
 def train_all(cfg: AblationConfig) -> None:
-    """Every training stage of the ablation (each resumes if its folder holds checkpoints)."""
+    """The training stages of the ablation that `cfg.stages` selects (each resumes if its folder holds
+    checkpoints, and a finished one is a no-op)."""
     out = Path(cfg.out)
     k = cfg.chunk_frames
     lat = str(out / "latents")
-    teacher_optim, student_optim = OptimConfig(lr=cfg.teacher_lr), OptimConfig(lr=cfg.student_lr)
-    dmd_optim = OptimConfig(lr=cfg.dmd_lr)
-    ema = EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 2)
     # Every EMA copies the weights for the first half of its run, then averages (decay 0.99: ~100 steps).
-    teacher_ema = EMAConfig(decay=0.99, start_step=cfg.teacher_steps // 2)
     for name, chunk in (("teacher", None), ("teacher_causal", k)):
-        run = _run(cfg, name, cfg.teacher_steps)
+        if not wants(cfg, name):
+            continue
+        from_teacher = name == "teacher_causal" and cfg.causal_teacher_steps > 0
+        steps = cfg.causal_teacher_steps if from_teacher else cfg.teacher_steps
         TeacherStage(
             TeacherConfig(
                 latents=lat,
+                init=str(out / "teacher") if from_teacher else "",
                 chunk_frames=chunk,
-                run=run,
+                run=_run(cfg, name, steps),
                 model=cfg.model,
-                optim=teacher_optim,
-                ema=teacher_ema,
+                optim=OptimConfig(lr=cfg.teacher_lr),
+                ema=EMAConfig(decay=0.99, start_step=steps // 2),
             )
         ).fit()
-    device = pick_device(cfg.device)
-    generate_ode_pairs(
-        OdePairsConfig(
-            teacher=str(out / "teacher"),
-            latents=lat,
-            out=str(out / "pairs"),
-            num_pairs=cfg.num_pairs,
-            sample_steps=cfg.teacher_sample_steps,
-            guidance=cfg.guidance,
-            student_steps=cfg.student_steps,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            device=str(device),
-            progress=cfg.progress,
-            model=cfg.model,
+    if wants(cfg, "pairs"):
+        generate_ode_pairs(
+            OdePairsConfig(
+                teacher=str(out / "teacher"),
+                latents=lat,
+                out=str(out / "pairs"),
+                num_pairs=cfg.num_pairs,
+                sample_steps=cfg.teacher_sample_steps,
+                guidance=cfg.guidance,
+                student_steps=cfg.student_steps,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                device=str(pick_device(cfg.device)),
+                progress=cfg.progress,
+                model=cfg.model,
+            )
         )
-    )
-    StudentInitStage(
-        StudentInitConfig(
-            pairs=str(out / "pairs"),
-            init=str(out / "teacher"),
-            chunk_frames=k,
-            run=_run(cfg, "student_ode", cfg.student_init_steps),
-            model=cfg.model,
-            optim=student_optim,
-            ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 2),
-        )
-    ).fit()
-    variants = {
-        "dmd_ode": (out / "student_ode", out / "teacher", None),
-        "dmd_no_ode": (out / "teacher", out / "teacher", None),
-        "dmd_causal_teacher": (out / "student_ode", out / "teacher_causal", k),
-    }
-    for name, (init, teacher, score_chunk) in variants.items():
+    if wants(cfg, "student_ode"):
+        StudentInitStage(
+            StudentInitConfig(
+                pairs=str(out / "pairs"),
+                init=str(out / "teacher"),
+                chunk_frames=k,
+                run=_run(cfg, "student_ode", cfg.student_init_steps),
+                model=cfg.model,
+                optim=OptimConfig(lr=cfg.student_lr),
+                ema=EMAConfig(decay=0.99, start_step=cfg.student_init_steps // 2),
+            )
+        ).fit()
+    for name, (init, teacher, causal_score) in DMD_VARIANTS.items():
+        if not wants(cfg, name):
+            continue
         DMDStage(
             DMDConfig(
-                generator_init=str(init),
-                real_score=str(teacher),
+                generator_init=str(out / init),
+                real_score=str(out / teacher),
                 data=str(out / "pairs"),
                 chunk_frames=k,
-                score_chunk_frames=score_chunk,
+                score_chunk_frames=k if causal_score else None,
                 student_steps=cfg.student_steps,
                 guidance=cfg.dmd_guidance,
                 ratio=cfg.dmd_ratio,
                 generator_input=cfg.dmd_input,
                 run=_run(cfg, name, cfg.dmd_steps),
                 model=cfg.model,
-                optim=dmd_optim,
-                critic_optim=dmd_optim,
-                ema=ema,
+                optim=OptimConfig(lr=cfg.dmd_lr),
+                critic_optim=OptimConfig(lr=cfg.dmd_lr),
+                ema=EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 2),
             )
         ).fit()
 
@@ -391,9 +413,13 @@ def write_report(results: dict[str, Any], out: str | Path) -> None:
     plt.close(fig)
 
 
-def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
+def run_ablation(cfg: AblationConfig) -> dict[str, Any] | None:
+    """The selected stages (default: all) and, if "evaluate" is among them, the report (returned)."""
     out = Path(cfg.out)
-    save_resolved(cfg, out)
+    wants(cfg, "")  # validate the stage names before any work
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    save_resolved(cfg, out / "configs" / "+".join(cfg.stages or ["all"]))
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}
 
@@ -401,24 +427,24 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
         clock.append(time.perf_counter())
         seconds[name] = round(clock[-1] - clock[-2], 1)
 
-    device = pick_device(cfg.device)
-    size = (cfg.size[0], cfg.size[1])
-    encode_dataset(
-        cfg.videos,
-        out / "latents",
-        autoencoder_from_spec(cfg.autoencoder, device),
-        text_encoder_from_spec(cfg.text),
-        cfg.frames,
-        cfg.fps,
-        size,
-        heldout=cfg.heldout,
-        split="train",
-        max_clips_per_video=cfg.max_clips_per_video,
-        device=device,
-        names={"autoencoder": cfg.autoencoder, "text_encoder": cfg.text},
-        progress=cfg.progress,
-    )
-    lap("encode")
+    if wants(cfg, "encode"):
+        device = pick_device(cfg.device)
+        encode_dataset(
+            cfg.videos,
+            out / "latents",
+            autoencoder_from_spec(cfg.autoencoder, device),
+            text_encoder_from_spec(cfg.text),
+            cfg.frames,
+            cfg.fps,
+            (cfg.size[0], cfg.size[1]),
+            heldout=cfg.heldout,
+            split="train",
+            max_clips_per_video=cfg.max_clips_per_video,
+            device=device,
+            names={"autoencoder": cfg.autoencoder, "text_encoder": cfg.text},
+            progress=cfg.progress,
+        )
+        lap("encode")
     frames = int(json.loads((out / "latents" / "manifest.json").read_text())["meta"]["latent_shape"][1])
     if frames % cfg.chunk_frames:
         raise ValueError(
@@ -427,6 +453,8 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
         )
     train_all(cfg)
     lap("train")
+    if not wants(cfg, "evaluate"):
+        return None
     results = evaluate_all(cfg)
     lap("evaluate")
     results["seconds"] = seconds

@@ -1,0 +1,185 @@
+"""Files in, files out: `vidfx run` (video-to-video) and `vidfx generate` (text/image-to-video).
+
+Both drive the live node's `StylePipeline` one chunk at a time with one `StreamState` — the same encoder
+and decoder caches, rolling KV cache and prompt schedule the engine's worker uses — so a file of any length
+runs in bounded memory and looks as it would streamed live. What the live engine adds (dropping frames
+when behind, batching sessions) has no place here: a file never drops a frame.
+
+Input is anything PyAV decodes; the output is H.264 (yuv420p, or yuv444p when a side is odd, which 4:2:0
+cannot hold) in an MP4 unless the name or `codec` says otherwise. Audio is not copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vidfx.pipeline import StreamParams, StylePipeline
+
+Progress = Callable[[int], None]  # called with the frames just written
+
+
+@dataclass
+class RunStats:
+    frames: int
+    size: tuple[int, int]  # (H, W)
+    fps: float
+    chunks: int
+
+
+class VideoWriter:
+    """Frames (H, W, 3) uint8 → an encoded file at a constant frame rate."""
+
+    def __init__(self, path: str | Path, size: tuple[int, int], fps: Fraction, codec: str = "libx264", crf: int = 18):
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(codec, rate=fps)
+        self.stream.height, self.stream.width = size
+        if codec in ("libx264", "h264", "libx265", "hevc"):
+            self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+            self.stream.options = {"crf": str(crf)}
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = self.frames
+            self.frames += 1
+            self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Fraction, int | None]:
+    """(frames as (rgb24 (H, W, 3), pts in µs), frame rate, frame count if the container knows it)."""
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    fps = stream.average_rate or stream.guessed_rate or Fraction(30)
+
+    def frames() -> Iterator[tuple[np.ndarray, int]]:
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / float(fps)
+                yield frame.to_ndarray(format="rgb24"), int(round(t * 1e6))
+        finally:
+            container.close()
+
+    return frames(), Fraction(fps), (stream.frames or None)
+
+
+def stylize_video(
+    pipe: StylePipeline,
+    src: str | Path,
+    dst: str | Path,
+    params: StreamParams,
+    codec: str = "libx264",
+    crf: int = 18,
+    max_frames: int | None = None,
+    progress: Progress | None = None,
+) -> RunStats:
+    """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate).
+
+    Frames are gathered into the pipeline's chunks (1 + k·(n−1) frames first, k·n after); a last partial
+    chunk is padded with its final frame and the padding's outputs dropped.
+    """
+    frames, fps, _ = read_video(src)
+    state = pipe.new_stream_state(params)
+    writer: VideoWriter | None = None
+    pending: list[np.ndarray] = []
+    first_pts = 0
+    count = chunks = 0
+    size = (0, 0)
+
+    def flush() -> None:
+        nonlocal chunks
+        assert writer is not None
+        real = len(pending)
+        need = pipe.frames_per_chunk(state.first)
+        clip = np.stack(pending + [pending[-1]] * (need - real))
+        out = pipe.process_chunk(state, clip, params, first_pts)
+        writer.write(out[:real])
+        chunks += 1
+        pending.clear()
+        if progress:
+            progress(real)
+
+    try:
+        for rgb, pts_us in frames:
+            if max_frames is not None and count >= max_frames:
+                break
+            if writer is None:
+                size = (rgb.shape[0], rgb.shape[1])
+                writer = VideoWriter(dst, size, fps, codec, crf)
+            elif rgb.shape[:2] != size:
+                raise ValueError(f"{src}: frame {count} is {rgb.shape[:2]}, the first was {size} (H, W)")
+            if not pending:
+                first_pts = pts_us
+            pending.append(rgb)
+            count += 1
+            if len(pending) == pipe.frames_per_chunk(state.first):
+                flush()
+        if writer is None:
+            raise ValueError(f"{src}: no frames decoded")
+        if pending:
+            flush()
+    finally:
+        frames.close()  # type: ignore[attr-defined]
+        if writer is not None:
+            writer.close()
+    return RunStats(count, size, float(fps), chunks)
+
+
+def generate_video(
+    pipe: StylePipeline,
+    dst: str | Path,
+    params: StreamParams,
+    seconds: float,
+    fps: float = 16.0,
+    size: tuple[int, int] | None = None,
+    image: np.ndarray | None = None,
+    codec: str = "libx264",
+    crf: int = 18,
+    progress: Progress | None = None,
+) -> RunStats:
+    """Text-to-video (or image-to-video with `image` as the first frame and context) for `seconds`.
+
+    The clip holds 1 + k·(chunks·n − 1) frames, the shortest such length ≥ seconds·fps; `size` (H, W)
+    defaults to the image's size, else the model resolution.
+    """
+    if seconds <= 0 or fps <= 0:
+        raise ValueError("seconds and fps must be positive")
+    if size is None:
+        size = (image.shape[0], image.shape[1]) if image is not None else (pipe.settings.height, pipe.settings.width)
+    state = pipe.new_stream_state(params)
+    first = pipe.frames_per_chunk(True)
+    later = pipe.frames_per_chunk(False)
+    chunks = 1 + max(0, math.ceil((seconds * fps - first) / later))
+    rate = Fraction(fps).limit_denominator(1001)
+    written = 0
+    with VideoWriter(dst, size, rate, codec, crf) as writer:
+        for c in range(chunks):
+            # With an image, the first chunk is that image alone (one latent frame), then generation goes on.
+            start = image if c == 0 else None
+            out = pipe.generate_chunk(state, size, image=start, pts_us=int(written / fps * 1e6))
+            writer.write(out)
+            written += len(out)
+            if progress:
+                progress(len(out))
+    return RunStats(written, size, float(rate), chunks)
