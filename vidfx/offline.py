@@ -34,15 +34,32 @@ class RunStats:
 
 
 class VideoWriter:
-    """Frames (H, W, 3) uint8 → an encoded file at a constant frame rate."""
+    """Frames (H, W, 3) uint8 → an encoded file at a constant frame rate.
 
-    def __init__(self, path: str | Path, size: tuple[int, int], fps: Fraction, codec: str = "libx264", crf: int = 18):
+    x264/x265 get `crf` and `pix_fmt` (default yuv420p, which plays anywhere, or yuv444p when a side is odd).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        size: tuple[int, int],
+        fps: Fraction,
+        codec: str = "libx264",
+        crf: int = 18,
+        pix_fmt: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream(codec, rate=fps)
         self.stream.height, self.stream.width = size
         if codec in ("libx264", "h264", "libx265", "hevc"):
-            self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
-            self.stream.options = {"crf": str(crf)}
+            even = size[0] % 2 == 0 and size[1] % 2 == 0
+            self.stream.pix_fmt = pix_fmt or ("yuv420p" if even else "yuv444p")
+            self.stream.options = {"crf": str(crf), **(options or {})}
+        else:  # e.g. png, ffv1, vp9: the given format, else the encoder's first
+            formats = self.stream.codec_context.codec.video_formats or []
+            self.stream.pix_fmt = pix_fmt or (formats[0].name if formats else "yuv420p")
+            self.stream.options = options or {}
         self.frames = 0
 
     def write(self, frames: np.ndarray) -> None:
@@ -63,8 +80,15 @@ class VideoWriter:
         self.close()
 
 
+def count_frames(path: str | Path) -> int | None:
+    """The frame count the container states (None if it states none); raises as PyAV does on a bad file."""
+    with av.open(str(path)) as container:
+        return container.streams.video[0].frames or None if container.streams.video else None
+
+
 def read_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Fraction, int | None]:
-    """(frames as (rgb24 (H, W, 3), pts in µs), frame rate, frame count if the container knows it)."""
+    """(frames as (rgb24 (H, W, 3), pts in µs), frame rate, frame count if the container knows it).
+    The file closes when the frame iterator is exhausted or closed."""
     container = av.open(str(path))
     if not container.streams.video:
         container.close()
@@ -146,6 +170,12 @@ def stylize_video(
     return RunStats(count, size, float(fps), chunks)
 
 
+def generated_chunks(pipe: StylePipeline, seconds: float, fps: float) -> int:
+    """Chunks `generate_video` makes: the fewest whose frames cover seconds·fps."""
+    first, later = pipe.frames_per_chunk(True), pipe.frames_per_chunk(False)
+    return 1 + max(0, math.ceil((seconds * fps - first) / later))
+
+
 def generate_video(
     pipe: StylePipeline,
     dst: str | Path,
@@ -168,9 +198,7 @@ def generate_video(
     if size is None:
         size = (image.shape[0], image.shape[1]) if image is not None else (pipe.settings.height, pipe.settings.width)
     state = pipe.new_stream_state(params)
-    first = pipe.frames_per_chunk(True)
-    later = pipe.frames_per_chunk(False)
-    chunks = 1 + max(0, math.ceil((seconds * fps - first) / later))
+    chunks = generated_chunks(pipe, seconds, fps)
     rate = Fraction(fps).limit_denominator(1001)
     written = 0
     with VideoWriter(dst, size, rate, codec, crf) as writer:

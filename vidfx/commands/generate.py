@@ -20,15 +20,14 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import av
     import numpy as np
     from tqdm import tqdm
 
-    from vidfx.offline import generate_video
+    from vidfx.offline import generate_video, generated_chunks
 
     image = None
     if args.image is not None:
-        import av
-
         try:
             with av.open(args.image) as container:
                 image = next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -38,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
         image = np.ascontiguousarray(image)
     pipe, params = load(args, "generate")
     size = tuple(args.size) if args.size else None
-    with tqdm(total=round(args.seconds * args.fps), unit="frame", disable=args.quiet, desc="vidfx generate") as bar:
-        try:
+    chunks = generated_chunks(pipe, args.seconds, args.fps)
+    total = pipe.frames_per_chunk(True) + (chunks - 1) * pipe.frames_per_chunk(False)
+    try:
+        with tqdm(total=total, unit="frame", disable=args.quiet, desc="vidfx generate") as bar:
             stats = generate_video(
                 pipe, args.output, params, args.seconds, args.fps, size, image, args.codec, args.crf, bar.update
             )
-        except (ValueError, OSError) as exc:
-            print(f"vidfx generate: {exc}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
+        print(f"vidfx generate: {exc}", file=sys.stderr)
+        return 2
     h, w = stats.size
     print(f"wrote {args.output}: {stats.frames} frames, {w}x{h} at {stats.fps:g} fps", file=sys.stderr)
     return 0

@@ -63,25 +63,26 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import av
     from tqdm import tqdm
 
-    from vidfx.offline import read_video, stylize_video
+    from vidfx.offline import count_frames, stylize_video
 
     if not Path(args.input).is_file():
         print(f"vidfx run: {args.input}: no such file", file=sys.stderr)
         return 2
     pipe, params = load(args, "run")
-    _, _, total = read_video(args.input)
-    if args.max_frames is not None:
-        total = min(total or args.max_frames, args.max_frames)
-    with tqdm(total=total, unit="frame", disable=args.quiet, desc="vidfx run") as bar:
-        try:
+    try:
+        total = count_frames(args.input)
+        if args.max_frames is not None:
+            total = min(total or args.max_frames, args.max_frames)
+        with tqdm(total=total, unit="frame", disable=args.quiet, desc="vidfx run") as bar:
             stats = stylize_video(
                 pipe, args.input, args.output, params, args.codec, args.crf, args.max_frames, bar.update
             )
-        except (ValueError, OSError) as exc:  # undecodable input, unwritable output, unknown codec
-            print(f"vidfx run: {exc}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
+        print(f"vidfx run: {exc}", file=sys.stderr)  # undecodable input, unwritable output, unknown codec
+        return 2
     h, w = stats.size
     print(f"wrote {args.output}: {stats.frames} frames, {w}x{h} at {stats.fps:g} fps", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@
     vidfx train student-init --config student.toml                            causal student, ODE regression
     vidfx train dmd --config dmd.toml                                         asymmetric DMD
     vidfx train ablation --config ablation.toml                               every stage + eval + report
+    vidfx train export --config ablation.toml --to DIR                        a variant → a weights folder
 
 Many GPUs: `torchrun --nproc_per_node 8 -m vidfx.cli train dmd --config dmd.toml --set run.distributed=fsdp`.
 Every training stage resumes from its run folder's newest checkpoint.
@@ -14,6 +15,7 @@ Every training stage resumes from its run folder's newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vidfx.train.config import (
     DMDConfig,
@@ -59,6 +61,12 @@ def register(p: argparse.ArgumentParser) -> None:
     ab.add_argument("--config", help="TOML config (fields: vidfx.train.ablation.AblationConfig)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ab.set_defaults(func=run_ablation)
+    ex = sub.add_parser("export", help="an ablation run's student → a weights folder (vidfx serve --model DIR)")
+    ex.add_argument("--config", help="the ablation's TOML config")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    ex.add_argument("--variant", default="dmd_ode", help="run folder of the student (default: the recipe's)")
+    ex.add_argument("--to", required=True, help="weights folder to write (model.json + *.safetensors)")
+    ex.set_defaults(func=run_export)
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -124,4 +132,22 @@ def run_ablation(args: argparse.Namespace) -> int:
         print(f"stages {', '.join(cfg.stages)} done in {cfg.out}")
     else:
         print(f"report: {cfg.out}/ablation.md, {cfg.out}/ablation.png")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vidfx.train.ablation import AblationConfig
+    from vidfx.train.config import to_dict
+    from vidfx.train.export import export_model
+
+    cfg = load_config(AblationConfig, args.config, args.set)
+    if not cfg.autoencoder:
+        print("vidfx train export: the config names no autoencoder", file=sys.stderr)
+        return 2
+    run = Path(cfg.out) / args.variant
+    training = {"variant": args.variant, "ablation": to_dict(cfg)}
+    out = export_model(run, cfg.model.build(), cfg.autoencoder, args.to, {"kind": cfg.text, "config": {}}, training)
+    print(f"wrote {out}")
     return 0

@@ -1,0 +1,50 @@
+"""A trained run → a weights folder `load_pipeline` reads (`vidfx train export`): what ships as `default`.
+
+    model.json              {"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}},
+                             "training": free-form provenance (run folders, steps, config)}
+    dit.safetensors         the causal student's generator weights (EMA if the run kept one)
+    autoencoder.safetensors the autoencoder (`vidfx.autoencoder.loading.save_autoencoder`'s format)
+
+Weights are stored in `dtype` (fp16 halves the package; the loader casts to the serving dtype).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder
+from vidfx.model.wan_dit import CausalDiT, DiTConfig
+from vidfx.train.checkpoint import read_weights
+from vidfx.weights import load_into
+
+
+def export_model(
+    generator: str | Path,
+    dit_config: DiTConfig,
+    autoencoder: str | Path,
+    out: str | Path,
+    text: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write `out/` from a generator run (or weights) and an autoencoder file; returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dit = CausalDiT(dit_config)
+    load_into(dit, read_weights(generator, role="generator"), str(generator))  # checks names and shapes
+    state = {k: v.detach().to(dtype).contiguous() for k, v in dit.state_dict().items()}
+    save_file(state, str(out / "dit.safetensors"), metadata={"vidfx.kind": "causal-dit"})
+    save_autoencoder(load_autoencoder(autoencoder), out / "autoencoder.safetensors")
+    meta = {
+        "dit": dataclasses.asdict(dit_config),
+        "text": text or {"kind": "hash", "config": {}},
+        "training": training or {},
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return out
