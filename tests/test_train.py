@@ -3,6 +3,7 @@ updates touch only what they should, runs resume bitwise, and the eval metrics a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -928,6 +929,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
         student_steps=[1000, 500],
         teacher_sample_steps=2,
         teacher_steps=2,
+        causal_teacher_steps=1,  # fine-tuned from the bidirectional teacher
         student_init_steps=2,
         dmd_steps=2,
         dmd_ratio=1,
@@ -939,7 +941,16 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
         progress=False,
         model=ModelSpec("tiny", {**SPEC.overrides, "in_dim": 16, "out_dim": 16, "text_len": 4}),
     )
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_ablation(dataclasses.replace(cfg, stages=["teacher", "tea"]))
+    # A process that runs some stages, then one that runs all: finished stages are not redone.
+    assert run_ablation(dataclasses.replace(cfg, stages=["encode", "teacher", "teacher_causal"])) is None
+    assert not (tmp_path / "out" / "student_ode").exists()
+    teacher_ckpts = sorted((tmp_path / "out" / "teacher" / "checkpoints").iterdir())
+    stamps = [c.stat().st_mtime_ns for c in teacher_ckpts]
     results = run_ablation(cfg)
+    assert results is not None
+    assert [c.stat().st_mtime_ns for c in sorted((tmp_path / "out" / "teacher" / "checkpoints").iterdir())] == stamps
     labels = {r["model"] for r in results["rows"]}
     assert {
         "teacher (bidirectional)",

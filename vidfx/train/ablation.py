@@ -99,6 +99,9 @@ class AblationConfig:
     dmd_steps: int = 1000  # critic steps (the generator steps every `ratio`-th)
     dmd_ratio: int = 5
     dmd_input: str = "noised_data"
+    # Clean latents DMD noises for the generator: "latents" (the training clips; a video-to-video model sees
+    # real footage there) or "pairs" (the teacher's ODE endpoints).
+    dmd_data: str = "latents"
     num_pairs: int = 256
     feature_steps: int = 400
     drift_length: int = 10
@@ -206,7 +209,7 @@ def train_all(cfg: AblationConfig) -> None:
             DMDConfig(
                 generator_init=str(out / init),
                 real_score=str(out / teacher),
-                data=str(out / "pairs"),
+                data=lat if cfg.dmd_data == "latents" else str(out / "pairs"),
                 chunk_frames=k,
                 score_chunk_frames=k if causal_score else None,
                 student_steps=cfg.student_steps,
