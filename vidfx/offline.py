@@ -11,8 +11,9 @@ cannot hold) in an MP4 unless the name or `codec` says otherwise. Audio is not c
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -108,6 +109,36 @@ def read_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Frac
     return frames(), Fraction(fps), (stream.frames or None)
 
 
+def stylize_frames(
+    pipe: StylePipeline, frames: Iterable[tuple[np.ndarray, int]], params: StreamParams
+) -> Iterator[np.ndarray]:
+    """(rgb24 (H, W, 3), pts µs) frames of one stream → its stylised frames, a chunk at a time.
+
+    Frames are gathered into the pipeline's chunks (1 + k·(n−1) frames first, k·n after); a last partial
+    chunk is padded with its final frame and the padding's outputs dropped, so every input frame gets one
+    output frame.
+    """
+    state = pipe.new_stream_state(params)
+    pending: list[np.ndarray] = []
+    first_pts = 0
+    size: tuple[int, ...] | None = None
+    for rgb, pts_us in frames:
+        if size is None:
+            size = rgb.shape
+        elif rgb.shape != size:
+            raise ValueError(f"frame {state.chunks}:{len(pending)} is {rgb.shape}, the first was {size}")
+        if not pending:
+            first_pts = pts_us
+        pending.append(rgb)
+        if len(pending) == pipe.frames_per_chunk(state.first):
+            yield pipe.process_chunk(state, np.stack(pending), params, first_pts)
+            pending.clear()
+    if pending:
+        real = len(pending)
+        pending += [pending[-1]] * (pipe.frames_per_chunk(state.first) - real)
+        yield pipe.process_chunk(state, np.stack(pending), params, first_pts)[:real]
+
+
 def stylize_video(
     pipe: StylePipeline,
     src: str | Path,
@@ -118,56 +149,26 @@ def stylize_video(
     max_frames: int | None = None,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate).
-
-    Frames are gathered into the pipeline's chunks (1 + k·(n−1) frames first, k·n after); a last partial
-    chunk is padded with its final frame and the padding's outputs dropped.
-    """
+    """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate)."""
     frames, fps, _ = read_video(src)
-    state = pipe.new_stream_state(params)
     writer: VideoWriter | None = None
-    pending: list[np.ndarray] = []
-    first_pts = 0
     count = chunks = 0
-    size = (0, 0)
-
-    def flush() -> None:
-        nonlocal chunks
-        assert writer is not None
-        real = len(pending)
-        need = pipe.frames_per_chunk(state.first)
-        clip = np.stack(pending + [pending[-1]] * (need - real))
-        out = pipe.process_chunk(state, clip, params, first_pts)
-        writer.write(out[:real])
-        chunks += 1
-        pending.clear()
-        if progress:
-            progress(real)
-
     try:
-        for rgb, pts_us in frames:
-            if max_frames is not None and count >= max_frames:
-                break
+        for out in stylize_frames(pipe, itertools.islice(frames, max_frames), params):
             if writer is None:
-                size = (rgb.shape[0], rgb.shape[1])
-                writer = VideoWriter(dst, size, fps, codec, crf)
-            elif rgb.shape[:2] != size:
-                raise ValueError(f"{src}: frame {count} is {rgb.shape[:2]}, the first was {size} (H, W)")
-            if not pending:
-                first_pts = pts_us
-            pending.append(rgb)
-            count += 1
-            if len(pending) == pipe.frames_per_chunk(state.first):
-                flush()
+                writer = VideoWriter(dst, out.shape[1:3], fps, codec, crf)
+            writer.write(out)
+            count += len(out)
+            chunks += 1
+            if progress:
+                progress(len(out))
         if writer is None:
             raise ValueError(f"{src}: no frames decoded")
-        if pending:
-            flush()
     finally:
         frames.close()  # type: ignore[attr-defined]
         if writer is not None:
             writer.close()
-    return RunStats(count, size, float(fps), chunks)
+    return RunStats(count, (writer.stream.height, writer.stream.width), float(fps), chunks)
 
 
 def generated_chunks(pipe: StylePipeline, seconds: float, fps: float) -> int:

@@ -38,6 +38,8 @@ from vidfx.weights import CheckpointError, load_into, load_state_dict
 
 # The model `vidfx serve` uses unless told otherwise. Switching to trained weights is this one line.
 MODEL_ALIASES: dict[str, str] = {"default": "tiny-random"}
+# The look classifier trained on the default model's dataset (vidfx eval --model, the look tests).
+DEFAULT_CLASSIFIER = Path(__file__).parent / "weights" / "default" / "look_classifier.safetensors"
 
 
 # -- per-stream parameters and the pure functions on them ---------------------------------------------------------
@@ -342,9 +344,9 @@ class StylePipeline:
             write_context(self.dit, x0, state.cross, state.kv, state.generator, self.settings.context_sigma)
         else:
             h, w = self.latent_hw
-            noise = torch.randn(
-                (1, self.dit.cfg.in_dim, n, h, w), generator=state.generator, device=self.device
-            ).to(self.dit.patch_embedding.weight.dtype)
+            noise = torch.randn((1, self.dit.cfg.in_dim, n, h, w), generator=state.generator, device=self.device).to(
+                self.dit.patch_embedding.weight.dtype
+            )
             sigmas = step_sigmas(list(state.params.steps))
             x0 = denoise_chunk(
                 self.dit, noise, sigmas, state.cross, state.kv, state.generator, self.settings.context_sigma

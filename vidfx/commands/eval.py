@@ -1,4 +1,8 @@
-"""`vidfx eval RUN --videos DIR --autoencoder AE --features clip:NET`: offline metrics of one trained model.
+"""`vidfx eval RUN --videos DIR --autoencoder AE --features clip:NET`: offline metrics of one trained model;
+`vidfx eval --model default`: the look evaluation of a shipped model (vidfx.data.look_eval).
+
+Look evaluation: every look's prompt on held-out scenes through the live pipeline, judged by the look
+classifier (default: the one shipped beside the default model): accuracy, flicker ratio, structure kept.
 
 RUN is a run folder of `vidfx train teacher|student-init|dmd` (its config.toml gives the architecture and,
 for students, the chunk size; the EMA weights are used when present). Prints and writes (`--out`) JSON with
@@ -19,9 +23,14 @@ def _floats(text: str) -> list[float]:
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder (or checkpoint folder beside a config.toml)")
-    p.add_argument("--videos", required=True, help="video folder with captions.jsonl; its held-out split is used")
-    p.add_argument("--autoencoder", required=True)
+    p.add_argument("run", nargs="?", help="run folder (or checkpoint folder beside a config.toml)")
+    p.add_argument("--model", default=None, help="look evaluation of a model: a name (default) or weights folder")
+    p.add_argument("--classifier", default=None, help="look classifier (default: the default model's)")
+    p.add_argument("--look-clips", type=int, default=4, help="held-out scenes a look (look evaluation)")
+    p.add_argument("--look-frames", type=int, default=33, help="frames a scene (look evaluation)")
+    p.add_argument("--strength", type=float, default=None, help="look evaluation strength (default: the node's)")
+    p.add_argument("--videos", help="video folder with captions.jsonl; its held-out split is used")
+    p.add_argument("--autoencoder")
     p.add_argument("--text", default="hash")
     p.add_argument("--features", default="", help="clip:PATH; empty: train a ClipFeatureNet on the train split")
     p.add_argument("--feature-steps", type=int, default=400)
@@ -42,8 +51,30 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def run_looks(args: argparse.Namespace) -> int:
+    from vidfx.config import ModelSettings
+    from vidfx.data.look_classifier import load_look_classifier
+    from vidfx.data.look_eval import evaluate_looks, scores_dict, scores_table
+    from vidfx.pipeline import DEFAULT_CLASSIFIER, load_pipeline
+
+    pipe = load_pipeline(ModelSettings(name=args.model))
+    classifier = load_look_classifier(args.classifier or DEFAULT_CLASSIFIER)
+    scores = evaluate_looks(
+        pipe, classifier, clips=args.look_clips, frames=args.look_frames, strength=args.strength, seed=args.seed + 1001
+    )
+    print(scores_table(scores))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "looks": scores_dict(scores)}, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.model is not None:
+        return run_looks(args)
+    if not (args.run and args.videos and args.autoencoder):
+        raise SystemExit("vidfx eval: give RUN --videos DIR --autoencoder AE, or --model NAME for the look evaluation")
 
     from vidfx.model.wan_dit import CausalDiT
     from vidfx.train.checkpoint import checkpoint_meta, read_weights
