@@ -963,3 +963,22 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     assert all(len(curve) == 2 for curve in results["drift"].values())
     for name in ("ablation.md", "ablation.png", "ablation.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+    # The recipe's student → a weights folder the serving loader reads (what ships as `default`).
+    from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder
+    from vidfx.config import ModelSettings
+    from vidfx.pipeline import StreamParams, load_pipeline
+    from vidfx.train.export import export_model, text_spec_meta
+
+    ae = tmp_path / "ae.safetensors"
+    save_autoencoder(load_autoencoder("random:tiny"), ae)
+    folder = export_model(
+        tmp_path / "out" / "dmd_ode", cfg.model.build(), ae, tmp_path / "weights", text_spec_meta(cfg.text)
+    )
+    pipe = load_pipeline(ModelSettings(name=str(folder), width=32, height=32))
+    student = CausalDiT(cfg.model.build())
+    student.load_state_dict(read_weights(tmp_path / "out" / "dmd_ode"))
+    for name, value in pipe.dit.state_dict().items():  # stored in fp16
+        torch.testing.assert_close(value, student.state_dict()[name].half().float())
+    out = pipe.process_chunk(pipe.new_stream_state(StreamParams()), np.zeros((1, 32, 32, 3), np.uint8))
+    assert out.shape == (1, 32, 32, 3)

@@ -140,7 +140,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from vidfx.train.ablation import AblationConfig
     from vidfx.train.config import to_dict
-    from vidfx.train.export import export_model
+    from vidfx.train.export import export_model, text_spec_meta
 
     cfg = load_config(AblationConfig, args.config, args.set)
     if not cfg.autoencoder:
@@ -148,6 +148,8 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     run = Path(cfg.out) / args.variant
     training = {"variant": args.variant, "ablation": to_dict(cfg)}
-    out = export_model(run, cfg.model.build(), cfg.autoencoder, args.to, {"kind": cfg.text, "config": {}}, training)
+    classifier = cfg.features.removeprefix("look:") if cfg.features.startswith("look:") else None
+    text = text_spec_meta(cfg.text)
+    out = export_model(run, cfg.model.build(), cfg.autoencoder, args.to, text, training, classifier=classifier)
     print(f"wrote {out}")
     return 0

@@ -4,6 +4,7 @@
                              "training": free-form provenance (run folders, steps, config)}
     dit.safetensors         the causal student's generator weights (EMA if the run kept one)
     autoencoder.safetensors the autoencoder (`vidfx.autoencoder.loading.save_autoencoder`'s format)
+    look_classifier.safetensors  optional: the dataset's look classifier, for `vidfx eval --model`
 
 Weights are stored in `dtype` (fp16 halves the package; the loader casts to the serving dtype).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,18 @@ from safetensors.torch import save_file
 
 from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder
 from vidfx.model.wan_dit import CausalDiT, DiTConfig
+from vidfx.text.small import HashTextEncoder
 from vidfx.train.checkpoint import read_weights
+from vidfx.train.components import text_encoder_from_spec
 from vidfx.weights import load_into
+
+
+def text_spec_meta(spec: str) -> dict[str, Any]:
+    """model.json's "text" entry for a training text spec (`components.text_encoder_from_spec`)."""
+    encoder = text_encoder_from_spec(spec)
+    if not isinstance(encoder, HashTextEncoder):
+        raise ValueError(f"only the hashing text encoder ships in a weights folder, not {spec!r}")
+    return {"kind": "hash", "config": {"text_dim": encoder.text_dim, "max_tokens": encoder.max_tokens}}
 
 
 def export_model(
@@ -32,6 +44,7 @@ def export_model(
     text: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
+    classifier: str | Path | None = None,
 ) -> Path:
     """Write `out/` from a generator run (or weights) and an autoencoder file; returns `out`."""
     out = Path(out)
@@ -46,5 +59,7 @@ def export_model(
         "text": text or {"kind": "hash", "config": {}},
         "training": training or {},
     }
+    if classifier:
+        shutil.copyfile(classifier, out / "look_classifier.safetensors")
     (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     return out

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Train the embedded default model from nothing, on this machine, and write it to vidfx/weights/default:
+#   bash scripts/train_default_model.sh [OUT_WEIGHTS_FOLDER]
+# Every step resumes where a killed run stopped (re-run the same command). Steps and their wall time on the
+# 2-core CPU this was made on are in vidfx/weights/default/MODEL_CARD.md. The full ablation (#5's report:
+# more variants + evaluation) is `vidfx train ablation --config configs/train/ablation_looks.toml`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+vidfx=.venv/bin/vidfx
+config=configs/train/ablation_looks.toml
+dest=${1:-vidfx/weights/default}
+
+[ -f data/looks/classifier.safetensors ] || \
+  "$vidfx" dataset data/looks --num-clips 500 --classifier data/looks/classifier.safetensors
+[ -f runs/ae/autoencoder.safetensors ] || \
+  "$vidfx" train-autoencoder runs/ae --videos data/looks --steps 1500
+# The teacher on both cores, then the causal student's chain (ODE pairs → ODE init → asymmetric DMD).
+"$vidfx" train ablation --config "$config" --set 'stages=["encode","teacher"]' --set threads=2
+"$vidfx" train ablation --config "$config" --set 'stages=["pairs","student_ode","dmd_ode"]' --set threads=2
+"$vidfx" train export --config "$config" --to "$dest"
