@@ -28,6 +28,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", default=None, help="look classifier (default: the default model's)")
     p.add_argument("--look-clips", type=int, default=4, help="held-out scenes a look (look evaluation)")
     p.add_argument("--look-frames", type=int, default=33, help="frames a scene (look evaluation)")
+    p.add_argument("--look-seed", type=int, default=1001, help="scene seed (the dataset's default is 0)")
     p.add_argument("--strength", type=float, default=None, help="look evaluation strength (default: the node's)")
     p.add_argument("--videos", help="video folder with captions.jsonl; its held-out split is used")
     p.add_argument("--autoencoder")
@@ -59,12 +60,12 @@ def run_looks(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(ModelSettings(name=args.model))
     classifier = load_look_classifier(args.classifier or DEFAULT_CLASSIFIER)
-    scores = evaluate_looks(
-        pipe, classifier, clips=args.look_clips, frames=args.look_frames, strength=args.strength, seed=args.seed + 1001
-    )
+    settings = {"clips": args.look_clips, "frames": args.look_frames, "seed": args.look_seed, "strength": args.strength}
+    scores = evaluate_looks(pipe, classifier, **settings)
     print(scores_table(scores))
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "looks": scores_dict(scores)}, indent=1))
+        results = {"model": args.model, "settings": settings, "looks": scores_dict(scores)}
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

@@ -1,0 +1,105 @@
+"""The shipped default model (vidfx/weights/default): it loads by name and by path within the package budget,
+`vidfx run` gives every look it is asked for without adding flicker, and its model card's numbers come back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidfx.config import ModelSettings
+from vidfx.data.look_classifier import load_look_classifier, predict
+from vidfx.data.look_eval import evaluate_looks, look_windows, prompt_for
+from vidfx.data.looks import LOOKS, make_clip
+from vidfx.offline import VideoWriter, generate_video, read_video
+from vidfx.pipeline import DEFAULT_CLASSIFIER, MODEL_ALIASES, StreamParams, load_pipeline
+from vidfx.train.eval import mean_frame_difference
+
+WEIGHTS = Path(MODEL_ALIASES["default"])
+MiB = 1 << 20
+
+
+def decode(path: Path) -> np.ndarray:
+    frames, _, _ = read_video(path)
+    return np.stack([f for f, _ in frames])
+
+
+def clip_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def pipe():  # type: ignore[no-untyped-def]
+    return load_pipeline(ModelSettings(name="default"))
+
+
+def test_default_is_the_shipped_model_within_budget(pipe) -> None:  # type: ignore[no-untyped-def]
+    assert ModelSettings().name == "default" and WEIGHTS.is_dir()
+    names = {p.name for p in WEIGHTS.iterdir()}
+    assert {"model.json", "dit.safetensors", "autoencoder.safetensors", "MODEL_CARD.md"} <= names
+    assert sum(p.stat().st_size for p in WEIGHTS.iterdir()) <= 40 * MiB
+    by_path = load_pipeline(ModelSettings(name=str(WEIGHTS)))  # the loader that takes Wan/CausVid folders
+    for name, value in pipe.dit.state_dict().items():
+        torch.testing.assert_close(value, by_path.dit.state_dict()[name], rtol=0, atol=0)
+    meta = json.loads((WEIGHTS / "model.json").read_text())
+    assert meta["training"]["variant"] == "dmd_ode"  # the recipe's student: ODE init + asymmetric DMD
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A clip the test makes: a scene from a seed the training set never used, at a camera-like size."""
+    frames = make_clip(4242, 0, num_frames=49, size=(120, 160), looks=[]).source
+    path = tmp_path_factory.mktemp("scene") / "scene.mp4"
+    with VideoWriter(path, frames.shape[1:3], Fraction(16), pix_fmt="yuv444p", crf=12) as writer:
+        writer.write(frames)
+    return path, decode(path)
+
+
+@pytest.mark.parametrize("look", list(LOOKS))
+def test_vidfx_run_gives_the_asked_look_without_flicker(scene: tuple[Path, np.ndarray], look: str) -> None:
+    src, frames = scene
+    dst = src.parent / f"{look}.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "vidfx.cli", "run", str(src), "-o", str(dst), "--prompt", prompt_for(look), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    out = decode(dst)
+    assert out.shape == frames.shape
+    assert np.abs(out.astype(int) - frames.astype(int)).mean() > 8  # not the input
+    classifier = load_look_classifier(DEFAULT_CLASSIFIER)
+    pred = predict(classifier, look_windows(out, classifier.config.frames, classifier.config.size))
+    named = float((pred == classifier.config.classes.index(look)).float().mean())
+    assert named >= 0.8, f"{look}: the classifier names it in {named:.0%} of {len(pred)} windows"
+    flicker = mean_frame_difference(clip_tensor(out)) / mean_frame_difference(clip_tensor(frames))
+    assert flicker <= 2.0, f"{look}: output flicker is {flicker:.2f}× the input's"
+
+
+def test_model_card_numbers_are_reproduced(pipe) -> None:  # type: ignore[no-untyped-def]
+    """`vidfx eval --model default` (the README's command) gives the card's numbers again."""
+    card = json.loads((WEIGHTS / "eval.json").read_text())
+    settings = card["settings"]
+    scores = evaluate_looks(pipe, load_look_classifier(DEFAULT_CLASSIFIER), **settings)
+    for got, want in zip(scores, card["looks"], strict=True):
+        assert got.look == want["look"] and got.windows == want["windows"]
+        assert abs(got.accuracy - want["accuracy"]) <= 1 / want["windows"] + 1e-9
+        for key in ("flicker_ratio", "structure_kept"):
+            assert getattr(got, key) == pytest.approx(want[key], abs=0.02), (got.look, key)
+
+
+def test_image_to_video_starts_from_the_image(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    image = make_clip(4243, 1, num_frames=1, size=(128, 128), looks=[]).source[0]
+    stats = generate_video(pipe, tmp_path / "i2v.mov", StreamParams(prompts=(("thermal", 1.0),)), 1.0,
+                           image=image, codec="png")  # fmt: skip
+    out = decode(tmp_path / "i2v.mov")
+    assert len(out) == stats.frames == 17
+    mse = np.mean((out[0].astype(float) - image.astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 18  # the first frame is the image, through the autoencoder
