@@ -25,11 +25,6 @@ WEIGHTS = Path(MODEL_ALIASES["default"])
 MiB = 1 << 20
 
 
-def decode(path: Path) -> np.ndarray:
-    frames, _, _ = read_video(path)
-    return np.stack([f for f, _ in frames])
-
-
 def clip_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
 
@@ -58,7 +53,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     path = tmp_path_factory.mktemp("scene") / "scene.mp4"
     with VideoWriter(path, frames.shape[1:3], Fraction(16), pix_fmt="yuv444p", crf=12) as writer:
         writer.write(frames)
-    return path, decode(path)
+    return path, read_video(path)
 
 
 @pytest.mark.parametrize("look", list(LOOKS))
@@ -72,7 +67,7 @@ def test_vidfx_run_gives_the_asked_look_without_flicker(scene: tuple[Path, np.nd
         timeout=240,
     )
     assert done.returncode == 0, done.stderr
-    out = decode(dst)
+    out = read_video(dst)
     assert out.shape == frames.shape
     assert np.abs(out.astype(int) - frames.astype(int)).mean() > 8  # not the input
     classifier = load_look_classifier(DEFAULT_CLASSIFIER)
@@ -99,7 +94,7 @@ def test_image_to_video_starts_from_the_image(pipe, tmp_path: Path) -> None:  # 
     image = make_clip(4243, 1, num_frames=1, size=(128, 128), looks=[]).source[0]
     stats = generate_video(pipe, tmp_path / "i2v.mov", StreamParams(prompts=(("thermal", 1.0),)), 1.0,
                            image=image, codec="png")  # fmt: skip
-    out = decode(tmp_path / "i2v.mov")
+    out = read_video(tmp_path / "i2v.mov")
     assert len(out) == stats.frames == 17
     mse = np.mean((out[0].astype(float) - image.astype(float)) ** 2)
     assert 10 * np.log10(255**2 / mse) > 18  # the first frame is the image, through the autoencoder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vidfx.config import ModelSettings
-from vidfx.offline import VideoWriter, generate_video, read_video, stylize_video
+from vidfx.offline import VideoWriter, generate_video, open_video, stylize_video
 from vidfx.pipeline import StreamParams, load_pipeline
 
 
@@ -32,7 +32,7 @@ def write_clip(path: Path, frames: int, size: tuple[int, int], fps: int = 24) ->
 
 
 def decode(path: Path) -> tuple[np.ndarray, float]:
-    frames, fps, _ = read_video(path)
+    frames, fps, _ = open_video(path)
     return np.stack([f for f, _ in frames]), float(fps)
 
 
@@ -119,4 +119,4 @@ def test_generate_refuses_an_image_after_the_start(pipe) -> None:  # type: ignor
     with pytest.raises(ValueError, match="first chunk"):
         pipe.generate_chunk(state, (64, 64), image=np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(av.error.FFmpegError):  # type: ignore[attr-defined]
-        read_video(Path(__file__))  # a Python file is no video: PyAV says so, vidfx run turns it into rc 2
+        open_video(Path(__file__))  # a Python file is no video: PyAV says so, vidfx run turns it into rc 2

@@ -87,7 +87,7 @@ def count_frames(path: str | Path) -> int | None:
         return container.streams.video[0].frames or None if container.streams.video else None
 
 
-def read_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Fraction, int | None]:
+def open_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Fraction, int | None]:
     """(frames as (rgb24 (H, W, 3), pts in µs), frame rate, frame count if the container knows it).
     The file closes when the frame iterator is exhausted or closed."""
     container = av.open(str(path))
@@ -107,6 +107,12 @@ def read_video(path: str | Path) -> tuple[Iterator[tuple[np.ndarray, int]], Frac
             container.close()
 
     return frames(), Fraction(fps), (stream.frames or None)
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """Every frame of a video as uint8 (T, H, W, 3) (short clips: the whole clip is in memory)."""
+    frames, _, _ = open_video(path)
+    return np.stack([f for f, _ in frames])
 
 
 def stylize_frames(
@@ -150,7 +156,7 @@ def stylize_video(
     progress: Progress | None = None,
 ) -> RunStats:
     """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate)."""
-    frames, fps, _ = read_video(src)
+    frames, fps, _ = open_video(src)
     writer: VideoWriter | None = None
     count = chunks = 0
     try:

@@ -462,10 +462,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, p
 
 def read_video(path: str | Path) -> np.ndarray:
     """Every frame of a video as uint8 (T, H, W, 3)."""
-    import av
+    from vidfx.offline import read_video as read_all
 
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return read_all(path)
 
 
 @dataclass(frozen=True)
