@@ -18,4 +18,7 @@ dest=${1:-vidfx/weights/default}
 # The teacher on both cores, then the causal student's chain (ODE pairs → ODE init → asymmetric DMD).
 "$vidfx" train ablation --config "$config" --set 'stages=["encode","teacher"]' --set threads=2
 "$vidfx" train ablation --config "$config" --set 'stages=["pairs","student_ode","dmd_ode"]' --set threads=2
-"$vidfx" train export --config "$config" --to "$dest"
+"$vidfx" train-autoencoder runs/ae_dec --videos data/looks --init runs/ae/autoencoder.safetensors \
+  --decoder-only --latent-noise 0.5 --steps 600 --lr 3e-4   # a steadier decoder, same latents
+"$vidfx" train export --config "$config" --autoencoder runs/ae_dec/autoencoder.safetensors --to "$dest" \
+  --looks LOOKS_PLACEHOLDER

@@ -30,7 +30,7 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    name: str = Field("tiny-random", description="model: a name (tiny-random, default) or a weights folder")
+    name: str = Field("default", description="model: a name (default, tiny-random) or a weights folder")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     fit: Literal["cover", "contain", "stretch"] = Field(
@@ -42,6 +42,9 @@ class ModelSettings(_Section):
     steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
     strength: float = Field(0.7, gt=0.0, le=1.0, description="default denoising strength (1 = ignore input)")
     seed: int = Field(0, ge=0, description="default noise seed of a new stream")
+    fixed_noise: bool = Field(
+        True, description="draw every chunk's noise from the seed afresh (same noise each chunk: steadier output)"
+    )
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")

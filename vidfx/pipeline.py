@@ -36,10 +36,11 @@ from vidfx.text.base import TextEncoder, blend, interpolate
 from vidfx.text.cache import PromptEmbeddings
 from vidfx.weights import CheckpointError, load_into, load_state_dict
 
-# The model `vidfx serve` uses unless told otherwise. Switching to trained weights is this one line.
-MODEL_ALIASES: dict[str, str] = {"default": "tiny-random"}
-# The look classifier trained on the default model's dataset (vidfx eval --model, the look tests).
-DEFAULT_CLASSIFIER = Path(__file__).parent / "weights" / "default" / "look_classifier.safetensors"
+# The model `vidfx serve` uses unless told otherwise: the one trained by our recipe and shipped in the package
+# (vidfx/weights/default/MODEL_CARD.md), and the look classifier trained on its dataset (for `vidfx eval`).
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default"
+MODEL_ALIASES: dict[str, str] = {"default": str(DEFAULT_WEIGHTS)}
+DEFAULT_CLASSIFIER = DEFAULT_WEIGHTS / "look_classifier.safetensors"
 
 
 # -- per-stream parameters and the pure functions on them ---------------------------------------------------------
@@ -57,6 +58,9 @@ class StreamParams:
     interpolation: Literal["linear", "slerp"] = _STREAM["interpolation"].default
     strength: float = _MODEL["strength"].default  # how far the input is noised: 1 ignores it
     seed: int = _MODEL["seed"].default
+    # Same noise every chunk (the generator reseeded per chunk): a still region gets the same draw each time,
+    # so it stays still instead of shimmering with fresh noise at every chunk (StreamDiffusion does likewise).
+    fixed_noise: bool = _MODEL["fixed_noise"].default
     steps: tuple[int, ...] = tuple(_MODEL["steps"].default)
     motion_aware: bool = _STREAM["motion_aware"].default
     motion_range: float = _STREAM["motion_range"].default  # ± swing of strength with motion
@@ -73,6 +77,7 @@ class StreamParams:
             interpolation=stream.interpolation,
             strength=model.strength,
             seed=model.seed,
+            fixed_noise=model.fixed_noise,
             steps=tuple(model.steps),
             motion_aware=stream.motion_aware,
             motion_range=stream.motion_range,
@@ -370,6 +375,8 @@ class StylePipeline:
             strength = motion_strength(st.motion.update(pixels), request.params)
         st.last_strength = strength
         sigmas = chunk_sigmas(request.params.steps, strength)
+        if request.params.fixed_noise:
+            st.generator.manual_seed(request.params.seed)  # this chunk's draws (here and between steps) as the last's
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
         return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas)
 

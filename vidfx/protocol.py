@@ -6,7 +6,8 @@ the output uses the same envelope with the same `stream` and `seq`.
 
 Control messages are msgpack maps, the same on a ZeroMQ ROUTER and (later) a WebRTC data channel:
     {"op": "set", "stream": s, "prompt"?: str, "prompts"?: [{"text": str, "weight": float}, …],
-     "transition_s"?: float, "strength"?: float, "seed"?: int, "steps"?: [int, …], "motion_aware"?: bool}
+     "transition_s"?: float, "strength"?: float, "seed"?: int, "fixed_noise"?: bool, "steps"?: [int, …],
+     "motion_aware"?: bool}
     {"op": "status", "stream"?: s}    {"op": "reset" | "pause" | "resume", "stream": s}
 Every control message may carry "id" (echoed in the reply) and "token" (required beyond loopback).
 Replies are {"ok": true, "op": …, …} or {"ok": false, "error": "…"}.
@@ -139,6 +140,7 @@ class SetOp(_StreamOp):
     transition_s: float | None = Field(None, ge=0.0, le=600.0)
     strength: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    fixed_noise: bool | None = None
     steps: list[int] | None = Field(None, min_length=1)
     motion_aware: bool | None = None
 

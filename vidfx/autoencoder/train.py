@@ -170,8 +170,16 @@ def train_autoencoder(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 500,
+    decoder_only: bool = False,
+    latent_noise: float = 0.0,
 ) -> list[float]:
     """Train `ae` to reconstruct `clips` until it has taken `steps` optimiser steps in total.
+
+    `decoder_only` trains the decoder alone: the encoder (and so every latent a DiT was trained on) stays
+    bit for bit. `latent_noise` s decodes latents with Gaussian noise of u·s latent standard deviations added
+    (u ~ U(0, 1) per clip) toward the clean clip: the decoder learns to smooth over latent errors a
+    generator makes instead of turning them into frame-to-frame shimmer (a decoder frame group is one latent
+    frame, so noise there shows as flicker within the group).
 
     With `checkpoint_dir`, resumes from the newest checkpoint there, saves every `checkpoint_every` steps
     and at the end (plus `autoencoder.safetensors`, the plain weights). Returns this call's per-step losses.
@@ -180,7 +188,11 @@ def train_autoencoder(
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
-    opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(ae.decoder.parameters()) if decoder_only else list(ae.parameters())
+    ae.requires_grad_(False)  # a loaded autoencoder comes frozen; train exactly `params`
+    for param in params:
+        param.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start = 0
     if directory is not None:
@@ -194,12 +206,17 @@ def train_autoencoder(
         clip = fit_clip(next(clips), ae).to(device, dtype)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
-        recon = ae.decode_raw(ae.encode_raw(clip, CausalCache()), CausalCache())
+        with torch.set_grad_enabled(not decoder_only):
+            z = ae.encode_raw(clip, CausalCache())
+        if latent_noise > 0:
+            u = torch.rand(z.shape[0], 1, 1, 1, 1, device=device, dtype=dtype)
+            z = z + latent_noise * u * ae.latent_std.view(1, -1, 1, 1, 1) * torch.randn_like(z)
+        recon = ae.decode_raw(z, CausalCache())
         loss = reconstruction_loss(recon, clip, edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(ae.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         losses.append(loss.item())
         bar.update(1)

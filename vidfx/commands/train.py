@@ -66,6 +66,9 @@ def register(p: argparse.ArgumentParser) -> None:
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ex.add_argument("--variant", default="dmd_ode", help="run folder of the student (default: the recipe's)")
     ex.add_argument("--to", required=True, help="weights folder to write (model.json + *.safetensors)")
+    ex.add_argument("--autoencoder", default=None, help="ship this autoencoder instead (same encoder, e.g. a "
+                    "decoder fine-tuned with train-autoencoder --decoder-only)")  # fmt: skip
+    ex.add_argument("--looks", nargs="*", default=None, help="the looks the model card claims (model.json)")
     ex.set_defaults(func=run_export)
 
 
@@ -147,9 +150,12 @@ def run_export(args: argparse.Namespace) -> int:
         print("vidfx train export: the config names no autoencoder", file=sys.stderr)
         return 2
     run = Path(cfg.out) / args.variant
-    training = {"variant": args.variant, "ablation": to_dict(cfg)}
+    training = {"variant": args.variant, "ablation": to_dict(cfg), "autoencoder": args.autoencoder or cfg.autoencoder}
     classifier = cfg.features.removeprefix("look:") if cfg.features.startswith("look:") else None
     text = text_spec_meta(cfg.text)
-    out = export_model(run, cfg.model.build(), cfg.autoencoder, args.to, text, training, classifier=classifier)
+    out = export_model(
+        run, cfg.model.build(), args.autoencoder or cfg.autoencoder, args.to, text, training, classifier=classifier,
+        looks=args.looks,
+    )  # fmt: skip
     print(f"wrote {out}")
     return 0

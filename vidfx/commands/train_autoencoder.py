@@ -27,6 +27,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="clip height and width")
     p.add_argument("--edge-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--init", default=None, help="start from these autoencoder weights (safetensors)")
+    p.add_argument("--decoder-only", action="store_true", help="train the decoder alone (latents stay as they are)")
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="decode latents + noise up to this many latent stds (robust, steadier decoder)")  # fmt: skip
     p.add_argument("--stats-batches", type=int, default=32, help="batches for the latent mean/std")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -65,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ae = TinyAutoencoder(TinyAEConfig()).to(args.device)
+    if args.init:
+        ae = load_autoencoder(args.init, device=args.device)
+    else:
+        ae = TinyAutoencoder(TinyAEConfig()).to(args.device)
     losses = train_autoencoder(
         ae,
         clip_source(args, args.seed),
@@ -75,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         checkpoint_dir=args.out,
         checkpoint_every=args.checkpoint_every,
+        decoder_only=args.decoder_only,
+        latent_noise=args.latent_noise,
     )
-    # Statistics on clips the training never drew (another seed), then the final file holds them too.
-    mean, std = fit_latent_stats(ae, clip_source(args, args.seed + 1), batches=args.stats_batches)
+    if args.decoder_only:  # the encoder did not change, nor may the statistics its latents are normalised by
+        mean, std = ae.latent_mean, ae.latent_std
+    else:  # statistics on clips the training never drew (another seed); the final file holds them too
+        mean, std = fit_latent_stats(ae, clip_source(args, args.seed + 1), batches=args.stats_batches)
     final = f"{args.out}/autoencoder.safetensors"
     save_autoencoder(ae, final)
     load_autoencoder(final)  # fail here, not in the pipeline, if the file does not load

@@ -105,7 +105,7 @@ class ControlHandler:
             prompts = msg.weighted_prompts()
             if prompts is not None:
                 changes["prompts"] = prompts
-            for name in ("transition_s", "strength", "seed", "motion_aware"):
+            for name in ("transition_s", "strength", "seed", "fixed_noise", "motion_aware"):
                 value = getattr(msg, name)
                 if value is not None:
                     changes[name] = value

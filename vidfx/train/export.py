@@ -45,6 +45,7 @@ def export_model(
     training: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
     classifier: str | Path | None = None,
+    looks: list[str] | None = None,
 ) -> Path:
     """Write `out/` from a generator run (or weights) and an autoencoder file; returns `out`."""
     out = Path(out)
@@ -57,6 +58,7 @@ def export_model(
     meta = {
         "dit": dataclasses.asdict(dit_config),
         "text": text or {"kind": "hash", "config": {}},
+        "looks": looks or [],  # what the model card claims it renders
         "training": training or {},
     }
     if classifier:
