@@ -28,6 +28,7 @@ import torch
 
 from vidfx.benchmarking.results import update_section
 from vidfx.config import ModelSettings
+from vidfx.data.look_eval import prompt_for
 from vidfx.data.looks import LOOKS, make_clip, read_video
 from vidfx.offline import VideoWriter, stylize_video
 from vidfx.pipeline import StreamParams, load_pipeline
@@ -98,7 +99,7 @@ def look_grid(pipe, path: Path, columns: int = 6) -> None:  # type: ignore[no-un
             writer.write(clip)
         for look in LOOKS:
             dst = Path(tmp) / f"{look}.mov"
-            stylize_video(pipe, src, dst, StreamParams(prompts=((look.replace("_", " "), 1.0),)), codec="png")
+            stylize_video(pipe, src, dst, StreamParams(prompts=((prompt_for(look), 1.0),)), codec="png")
             rows.append((look, read_video(dst)))
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 1.3, len(rows) * 1.35))
     for r, (name, frames) in enumerate(rows):

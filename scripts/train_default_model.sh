@@ -21,4 +21,5 @@ dest=${1:-vidfx/weights/default}
 "$vidfx" train-autoencoder runs/ae_dec --videos data/looks --init runs/ae/autoencoder.safetensors \
   --decoder-only --latent-noise 0.5 --steps 600 --lr 3e-4   # a steadier decoder, same latents
 "$vidfx" train export --config "$config" --autoencoder runs/ae_dec/autoencoder.safetensors --to "$dest" \
-  --looks LOOKS_PLACEHOLDER
+  --looks pencil_sketch thermal neon_edges watercolor vintage_sepia night_vision
+.venv/bin/vidfx eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"
