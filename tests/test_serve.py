@@ -63,7 +63,7 @@ async def test_frames_in_order_same_envelope_then_idle_reclaimed():
         assert m["vidfx_sessions"] == 1
         assert m["vidfx_frames_dropped_total{reason=overload}"] == 0
         assert m["vidfx_e2e_latency_seconds_count"] == 11 and m["vidfx_chunk_latency_seconds_count"] >= 4
-        assert any(k.startswith("vidfx_build_info{") and "model=tiny-random" in k for k in m)
+        assert any(k.startswith("vidfx_build_info{") and "model=default" in k for k in m)
 
         # Idle for longer than the timeout: the session is reclaimed.
         async def gone() -> bool:

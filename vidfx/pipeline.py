@@ -516,7 +516,7 @@ def load_pipeline(settings: ModelSettings) -> StylePipeline:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
     dit = dit.to(settings.device, dtype)
     ae = ae.to(settings.device)
-    return StylePipeline(dit, ae, text, settings, name=name)
+    return StylePipeline(dit, ae, text, settings, name=settings.name)
 
 
 def sigma_schedule_summary(params: StreamParams) -> list[float]:
