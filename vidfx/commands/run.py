@@ -22,7 +22,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", dest="model__strength", type=float, default=None, help="same as --model-strength")
     p.add_argument("--steps", dest="model__steps", type=int, nargs="+", default=None, help="same as --model-steps")
     p.add_argument("--seed", dest="model__seed", type=int, default=None, help="same as --model-seed")
-    p.add_argument("--prompt", default="", help="what the video should look like, e.g. 'a pencil sketch'")
+    p.add_argument("--prompt", default=None, help="what the video should look like, e.g. 'pencil sketch' "
+                   "(default: --stream-prompt's default, VIDFX_STREAM__PROMPT)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output file (H.264 MP4 unless --codec says otherwise)")
     p.add_argument("--codec", default="libx264", help="PyAV/FFmpeg encoder (default: libx264)")
     p.add_argument("--crf", type=int, default=18, help="x264/x265 quality: lower is better")
@@ -37,8 +38,6 @@ def load(args: argparse.Namespace, command: str) -> tuple[Any, Any]:
     from vidfx.pipeline import StreamParams, load_pipeline
     from vidfx.weights import CheckpointError
 
-    args.prompt_text = args.prompt
-    del args.prompt  # not a setting (settings_from_args reads every other dest)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -51,7 +50,9 @@ def load(args: argparse.Namespace, command: str) -> tuple[Any, Any]:
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"vidfx {command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    params = StreamParams.from_settings(settings.model, settings.stream).with_(prompts=((args.prompt_text, 1.0),))
+    params = StreamParams.from_settings(settings.model, settings.stream)
+    if args.prompt is not None:
+        params = params.with_(prompts=((args.prompt, 1.0),))
     return pipe, params
 
 
