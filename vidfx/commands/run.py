@@ -23,7 +23,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", dest="model__steps", type=int, nargs="+", default=None, help="same as --model-steps")
     p.add_argument("--seed", dest="model__seed", type=int, default=None, help="same as --model-seed")
     p.add_argument("--prompt", default=None, help="what the video should look like, e.g. 'pencil sketch' "
-                   "(default: --stream-prompt's default, VIDFX_STREAM__PROMPT)")  # fmt: skip
+                   "(default: the VIDFX_STREAM__PROMPT setting, empty unless set)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output file (H.264 MP4 unless --codec says otherwise)")
     p.add_argument("--codec", default="libx264", help="PyAV/FFmpeg encoder (default: libx264)")
     p.add_argument("--crf", type=int, default=18, help="x264/x265 quality: lower is better")
