@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vidfx.autoencoder import VideoAutoencoder, build_autoencoder
-from vidfx.benchmarking.results import update_section
+from vidfx.benchmarking.results import cpu_name, update_section
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Autoencoders"
@@ -100,16 +99,6 @@ def time_stream(
         enc_ms.append(te / k)
         dec_ms.append(td / k)
     return Timing(name, height, width, "steady", enc_ms, dec_ms)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def markdown(timings: list[Timing], header: str) -> str:

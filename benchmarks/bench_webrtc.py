@@ -25,7 +25,6 @@ import asyncio
 import fractions
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import zmq.asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from vidfx.benchmarking.results import update_section
+from vidfx.benchmarking.results import cpu_name, update_section
 from vidfx.protocol import frame_header
 from vidfx.webrtc.gateway import enable_loopback_candidates
 from vidfx.webrtc.jitter import enable_marker_frames
@@ -312,16 +311,6 @@ def codec_cost(size: tuple[int, int], frames: int = 150) -> dict[str, float]:
 
 
 # -- report -------------------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def report(args: argparse.Namespace, model_name: str, resolution: list[int], runs: list[Run],

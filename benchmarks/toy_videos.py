@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
+
+from vidfx.offline import VideoWriter
 
 LOOKS = {
     "warm": ((0.95, 0.55, 0.2), (0.35, 0.1, 0.05)),
@@ -50,16 +52,8 @@ def render(shape: str, motion: str, look: str, n: int, size: int, rng: np.random
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    with VideoWriter(path, frames[0].shape[:2], Fraction(fps), options={"preset": "veryfast"}) as writer:
+        writer.write(np.stack(frames))
 
 
 def main() -> None:

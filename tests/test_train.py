@@ -72,6 +72,23 @@ def run(tmp: Path, name: str, steps: int = 4, **kw) -> RunConfig:
     )
 
 
+def pairs_config(workdir: Path, out: Path, num_pairs: int, shard_size: int = 4, batch_size: int = 3) -> OdePairsConfig:
+    """ODE pairs of the workdir's teacher on its latent cache (8 Euler steps, CFG 2)."""
+    return OdePairsConfig(
+        teacher=str(workdir / "teacher.safetensors"),
+        latents=str(workdir / "latents"),
+        out=str(out),
+        num_pairs=num_pairs,
+        sample_steps=8,
+        student_steps=STEPS,
+        guidance=2.0,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        model=SPEC,
+        progress=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A latent cache (6 clips, 2 captions each), a random 'teacher' with a live head, and its ODE pairs."""
@@ -84,19 +101,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     teacher = random_dit(1)
     save_file(teacher.state_dict(), str(d / "teacher.safetensors"))
     save_file(random_dit(2).state_dict(), str(d / "other.safetensors"))
-    cfg = OdePairsConfig(
-        teacher=str(d / "teacher.safetensors"),
-        latents=str(d / "latents"),
-        out=str(d / "pairs"),
-        num_pairs=6,
-        sample_steps=8,
-        student_steps=STEPS,
-        guidance=2.0,
-        shard_size=4,
-        batch_size=3,
-        model=SPEC,
-        progress=False,
-    )
+    cfg = pairs_config(d, d / "pairs", num_pairs=6)
     generate_ode_pairs(cfg)
     return d
 
@@ -220,19 +225,7 @@ def _cfg_v(model: CausalDiT, x: torch.Tensor, s: float, text: torch.Tensor, scal
 
 
 def test_ode_pair_generation_resumes_where_it_stopped(workdir: Path, tmp_path: Path) -> None:
-    cfg = OdePairsConfig(
-        teacher=str(workdir / "teacher.safetensors"),
-        latents=str(workdir / "latents"),
-        out=str(tmp_path / "p"),
-        num_pairs=4,
-        sample_steps=8,
-        student_steps=STEPS,
-        guidance=2.0,
-        shard_size=4,
-        batch_size=3,
-        model=SPEC,
-        progress=False,
-    )
+    cfg = pairs_config(workdir, tmp_path / "p", num_pairs=4)
     assert generate_ode_pairs(cfg) == 4  # "killed" after the first shard ...
     cfg.num_pairs = 6
     assert generate_ode_pairs(cfg) == 6  # ... and continued
@@ -512,19 +505,15 @@ def test_teacher_sigmas_grid_is_merged_monotone() -> None:
 
 
 def write_video(path: Path, frames: list, fps: int = 24) -> None:
-    """An H.264 mp4 of uint8 (H, W, 3) frames, through PyAV."""
-    import av
+    """A lossless H.264 mp4 of uint8 (H, W, 3) frames."""
+    from fractions import Fraction
 
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "0", "preset": "ultrafast"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    import numpy as np
+
+    from vidfx.offline import VideoWriter
+
+    with VideoWriter(path, frames[0].shape[:2], Fraction(fps), crf=0, options={"preset": "ultrafast"}) as writer:
+        writer.write(np.stack(frames))
 
 
 def gray_video(path: Path, n: int, fps: int = 24) -> None:
@@ -788,19 +777,7 @@ def test_example_configs_load(path: Path) -> None:
 def test_ode_pairs_split_over_processes_are_the_same_pairs(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = OdePairsConfig(
-        teacher=str(workdir / "teacher.safetensors"),
-        latents=str(workdir / "latents"),
-        out=str(tmp_path / "p"),
-        num_pairs=6,
-        sample_steps=8,
-        student_steps=STEPS,
-        guidance=2.0,
-        shard_size=2,
-        batch_size=2,
-        model=SPEC,
-        progress=False,
-    )
+    cfg = pairs_config(workdir, tmp_path / "p", num_pairs=6, shard_size=2, batch_size=2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in (0, 1):  # what two torchrun processes do, one after the other
         monkeypatch.setenv("RANK", str(rank))

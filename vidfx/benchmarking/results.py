@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md"
@@ -22,3 +23,14 @@ def update_section(heading: str, body: str, path: Path = RESULTS) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         out = [*lines[:start], *new, *([""] + lines[end:] if end < len(lines) else [])]
     path.write_text("\n".join(out) + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the headers of results."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -70,7 +70,6 @@ def run_looks(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     if args.model is not None:
         return run_looks(args)
@@ -83,13 +82,14 @@ def run(args: argparse.Namespace) -> int:
         autoencoder_from_spec,
         load_feature_net,
         text_encoder_from_spec,
-        train_feature_net,
+        train_feature_net_on,
     )
     from vidfx.train.config import ModelSpec, from_dict
     from vidfx.train.data import iter_clips
     from vidfx.train.distributed import pick_device
     from vidfx.train.eval import (
         Standardize,
+        batched_decoder,
         clip_features,
         evaluate_drift,
         evaluate_t2v,
@@ -130,20 +130,18 @@ def run(args: argparse.Namespace) -> int:
         net = load_feature_net(args.features)
     else:
         clips = list(iter_clips(args.videos, args.frames, args.fps, size, "train", args.heldout))
-        names = sorted({c.look or c.file for c in clips})
-        labels = torch.tensor([names.index(c.look or c.file) for c in clips])
-        net = train_feature_net(torch.stack([c.frames for c in clips]), labels, args.feature_steps, seed=args.seed)
+        net = train_feature_net_on(clips, args.feature_steps, args.seed)
     net = Standardize(net, data.clips)
     ref = clip_features(net, data.clips)
     shape = tuple(data.latents.shape[1:])
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [ae.decode(latents[i : i + 4].to(device)).float().cpu() for i in range(0, len(latents), 4)]
-            )
-
-    common = {"decode": decode, "net": net, "seed": args.seed, "batch": args.batch, "device": device}
+    common = {
+        "decode": batched_decoder(ae, device),
+        "net": net,
+        "seed": args.seed,
+        "batch": args.batch,
+        "device": device,
+    }
     steps = [int(s) for s in args.steps.split(",")]
     if causal:
         results = {

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vidfx.config import add_settings_flags, settings_from_args
+
+if TYPE_CHECKING:
+    from vidfx.pipeline import StreamParams, StylePipeline
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -30,7 +33,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def load(args: argparse.Namespace, command: str) -> tuple[Any, Any]:
+def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamParams]:
     """(pipeline, stream params) from the flags; raises SystemExit(2) with a message on bad settings."""
     import torch
     from pydantic import ValidationError

@@ -37,7 +37,7 @@ from vidfx.train.components import (
     load_feature_net,
     save_feature_net,
     text_encoder_from_spec,
-    train_feature_net,
+    train_feature_net_on,
 )
 from vidfx.train.config import (
     DMDConfig,
@@ -57,6 +57,7 @@ from vidfx.train.eval import (
     EvalSet,
     FeatureNet,
     Standardize,
+    batched_decoder,
     clip_features,
     evaluate_drift,
     evaluate_t2v,
@@ -120,6 +121,11 @@ class AblationConfig:
     progress: bool = True
     model: ModelSpec = field(default_factory=ModelSpec)
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+
 
 # DMD variants: generator init, real (and fake) score, whether the scores are block-causal.
 DMD_VARIANTS: dict[str, tuple[str, str, bool]] = {
@@ -145,8 +151,6 @@ def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
 
 
 def wants(cfg: AblationConfig, stage: str) -> bool:
-    if cfg.stages and any(s not in STAGES for s in cfg.stages):
-        raise ValueError(f"unknown stage(s) {sorted(set(cfg.stages) - set(STAGES))}; known: {list(STAGES)}")
     return not cfg.stages or stage in cfg.stages
 
 
@@ -237,16 +241,7 @@ def _feature_net(cfg: AblationConfig, size: tuple[int, int]) -> FeatureNet:
     path = Path(cfg.out) / "features.safetensors"
     if not path.exists():
         clips = list(iter_clips(cfg.videos, cfg.frames, cfg.fps, size, "train", cfg.heldout, cfg.max_clips_per_video))
-        names = sorted({c.look or c.file for c in clips})
-        labels = torch.tensor([names.index(c.look or c.file) for c in clips])
-        net = train_feature_net(
-            torch.stack([c.frames for c in clips]),
-            labels,
-            cfg.feature_steps,
-            seed=cfg.seed,
-            progress=cfg.progress,
-        )
-        save_feature_net(net, path)
+        save_feature_net(train_feature_net_on(clips, cfg.feature_steps, cfg.seed, cfg.progress), path)
     return load_feature_net(f"clip:{path}")
 
 
@@ -271,13 +266,13 @@ def evaluate_all(cfg: AblationConfig) -> dict[str, Any]:
     latent_shape = tuple(data.latents.shape[1:])
     frames = latent_shape[1]
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [ae.decode(latents[i : i + 4].to(device)).float().cpu() for i in range(0, len(latents), 4)]
-            )
-
-    common = {"decode": decode, "net": net, "seed": cfg.seed, "batch": cfg.batch_size, "device": device}
+    common = {
+        "decode": batched_decoder(ae, device),
+        "net": net,
+        "seed": cfg.seed,
+        "batch": cfg.batch_size,
+        "device": device,
+    }
     rows: list[dict[str, Any]] = []
     drift: dict[str, list[float]] = {}
     teacher = _load(cfg, "teacher", device)
@@ -419,7 +414,6 @@ def write_report(results: dict[str, Any], out: str | Path) -> None:
 def run_ablation(cfg: AblationConfig) -> dict[str, Any] | None:
     """The selected stages (default: all) and, if "evaluate" is among them, the report (returned)."""
     out = Path(cfg.out)
-    wants(cfg, "")  # validate the stage names before any work
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     save_resolved(cfg, out / "configs" / "+".join(cfg.stages or ["all"]))

@@ -13,7 +13,9 @@ Specs (strings, so they fit a config file or a flag):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,9 @@ from tqdm import tqdm
 
 from vidfx.autoencoder import VideoAutoencoder, load_autoencoder
 from vidfx.text import HashTextEncoder, TextEncoder
+
+if TYPE_CHECKING:
+    from vidfx.train.data import Clip
 
 
 def text_encoder_from_spec(spec: str, device: str | torch.device = "cpu") -> TextEncoder:
@@ -105,6 +110,13 @@ def train_feature_net(
         loss.backward()
         opt.step()
     return net.eval().requires_grad_(False)
+
+
+def train_feature_net_on(clips: Sequence[Clip], steps: int, seed: int = 0, progress: bool = True) -> ClipFeatureNet:
+    """`train_feature_net` on decoded dataset clips, each labelled by its look (its video where it has none)."""
+    names = sorted({c.look or c.file for c in clips})
+    labels = torch.tensor([names.index(c.look or c.file) for c in clips])
+    return train_feature_net(torch.stack([c.frames for c in clips]), labels, steps, seed=seed, progress=progress)
 
 
 def save_feature_net(net: ClipFeatureNet, path: str | Path) -> None:

@@ -31,6 +31,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from vidfx.autoencoder import VideoAutoencoder
 from vidfx.model.wan_dit import CausalDiT
 from vidfx.sampling import sample_euler, sdedit_steps, shift_sigma, step_sigmas, teacher_sigmas, with_cfg
 from vidfx.train.data import FrameEncoder, PromptEncoder
@@ -267,6 +268,18 @@ class EvalSet:
 
 
 Decode = Callable[[torch.Tensor], torch.Tensor]  # latents (B, C, F, H, W) → pixels (B, 3, T, H, W)
+
+
+def batched_decoder(ae: VideoAutoencoder, device: torch.device | str, batch: int = 4) -> Decode:
+    """A `Decode` through `ae`, `batch` clips at a time, results as fp32 on the CPU."""
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [ae.decode(latents[i : i + batch].to(device)).float().cpu() for i in range(0, len(latents), batch)]
+        )
+
+    return decode
 
 
 def _generate(sampler: Sampler, text: torch.Tensor, seed: int, batch: int, device: torch.device) -> torch.Tensor:
