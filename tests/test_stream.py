@@ -25,12 +25,11 @@ from vidfx.config import (
 from vidfx.pipeline import (
     ChunkRequest,
     StreamParams,
-    chunk_sigmas,
     load_pipeline,
     motion_strength,
 )
 from vidfx.protocol import ProtocolError, SetOp, frame_header, parse_control, parse_frame
-from vidfx.sampling import step_sigmas
+from vidfx.sampling import chunk_sigmas, step_sigmas
 from vidfx.stream.control import ControlHandler, RateLimiter
 from vidfx.stream.engine import Engine
 from vidfx.text.base import interpolate

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from vidfx.generation import denoise_chunk
 from vidfx.model.wan_dit import CausalDiT
-from vidfx.sampling import sample_euler, step_sigmas, teacher_sigmas
+from vidfx.sampling import chunk_sigmas, sample_euler, step_sigmas, teacher_sigmas
 from vidfx.train.checkpoint import flatten_state, latest_checkpoint, read_weights, unflatten_state
 from vidfx.train.config import (
     DMDConfig,
@@ -22,6 +22,7 @@ from vidfx.train.config import (
     ModelSpec,
     OdePairsConfig,
     OptimConfig,
+    PairedV2VConfig,
     RunConfig,
     StudentInitConfig,
     TeacherConfig,
@@ -33,6 +34,7 @@ from vidfx.train.data import DataOrder, LatentDataset, write_latent_cache
 from vidfx.train.dmd import DMDStage, dmd_direction, dmd_loss, rollout
 from vidfx.train.flow import drop_text, sample_sigma
 from vidfx.train.ode_pairs import OdePairs, generate_ode_pairs, merged_grid, teacher_trajectory
+from vidfx.train.paired_v2v import PairedV2VStage, paired_inputs, scene_pairs
 from vidfx.train.student_init import StudentInitStage, regression_inputs
 from vidfx.train.teacher import TeacherStage
 
@@ -65,7 +67,7 @@ def run(tmp: Path, name: str, steps: int = 4, **kw) -> RunConfig:
     return RunConfig(
         out=str(tmp / name),
         steps=steps,
-        batch_size=2,
+        batch_size=kw.pop("batch_size", 2),
         save_every=kw.pop("save_every", 1000),
         progress=False,
         **kw,
@@ -259,6 +261,102 @@ def test_student_init_loss_falls_on_a_fixed_batch(workdir: Path, tmp_path: Path)
     )
     before, after = fixed_batch_losses(StudentInitStage(cfg), "generator", seed=7)
     assert after < 0.5 * before, (before, after)
+
+
+# -- paired video-to-video ---------------------------------------------------------------------------------
+
+
+def paired_cache(folder: Path, sources: torch.Tensor, targets: dict[str, torch.Tensor], texts: dict) -> Path:
+    """A latent cache of scenes (plain source + each look) and the dataset captions.jsonl that pairs them:
+    files scene{j}_{look}, every look's `source` is scene{j}_source."""
+    latents, caps, looks, lines = [], [], [], []
+    for j in range(sources.shape[0]):
+        for look, x in [(None, sources), *targets.items()]:
+            name = f"scene{j}_{look or 'source'}"
+            latents.append(x[j])
+            caps.append(texts[look])
+            looks.append(look)
+            lines.append({"file": name, "captions": ["c"], "look": look, "source": f"scene{j}_source"})
+    write_latent_cache(folder / "lat", torch.stack(latents), caps, looks=looks, shard_size=5)
+    # write_latent_cache names its files clip{i}: rename the caption entries to match.
+    for i, line in enumerate(lines):
+        line["source"] = f"clip{(i // (1 + len(targets))) * (1 + len(targets))}"
+        line["file"] = f"clip{i}"
+    (folder / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    return folder / "lat"
+
+
+def test_scene_pairs_join_each_look_to_its_plain_source(tmp_path: Path) -> None:
+    z = torch.zeros(3, *LATENT)
+    lat = paired_cache(tmp_path, z, {"a": z, "b": z}, {None: torch.zeros(1, *TEXT), "a": torch.zeros(1, *TEXT),
+                                                     "b": torch.zeros(1, *TEXT)})  # fmt: skip
+    meta = LatentDataset(lat).meta
+    pairs = scene_pairs(meta, tmp_path)
+    # clips 0, 3, 6 are the sources; each pairs with itself (keep the input) and its two looks.
+    assert pairs == [(0, 0), (0, 1), (0, 2), (3, 3), (3, 4), (3, 5), (6, 6), (6, 7), (6, 8)]
+    lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(e) for e in lines if e["file"] != "clip3"))
+    with pytest.raises(ValueError, match="clip3: in the latent cache but not in the dataset"):
+        scene_pairs(meta, tmp_path)
+
+
+def test_paired_inputs_noise_the_source_at_the_first_step_and_the_target_after() -> None:
+    b, frames = 64, 4
+    source = torch.full((b, 4, frames, 16, 16), 10.0)
+    target = torch.full((b, 4, frames, 16, 16), -10.0)
+    strengths = torch.full((b,), 0.7)
+    levels = torch.tensor(chunk_sigmas(STEPS, 0.7))  # σ(0.7), then σ(500)
+    x, sigma = paired_inputs(source, target, strengths, STEPS, 8.0, 2, 0.5, gen(0))
+    assert sigma.shape == (b, frames) and torch.equal(sigma[:, 0::2], sigma[:, 1::2])  # one level a chunk
+    assert torch.equal(sigma.unique(), torch.tensor([0.0, *levels.flip(0)]))
+    mean = x.mean(dim=(1, 3, 4))  # (B, F): (1 − σ)·(±10) + noise averaged over 1024 values
+    first = sigma == levels[0]
+    assert 0.35 < first.float().mean() < 0.65
+    torch.testing.assert_close(mean[first], (1 - sigma[first]) * 10, atol=0.2, rtol=0)  # the source
+    torch.testing.assert_close(mean[~first], (1 - sigma[~first]) * -10, atol=0.2, rtol=0)  # the target
+    clean = sigma == 0
+    assert clean.any() and torch.equal(x.permute(0, 2, 1, 3, 4)[clean], target.permute(0, 2, 1, 3, 4)[clean])
+    _, only_source = paired_inputs(source, target, strengths, STEPS, 8.0, 2, 1.0, gen(0))
+    assert torch.equal(only_source, torch.full_like(only_source, float(levels[0])))
+
+
+def test_paired_v2v_teaches_the_student_a_look_it_applies_at_inference(tmp_path: Path) -> None:
+    """Caption "lift" raises a scene by 1.5, the plain caption keeps it. After the fine-tune, the streaming V2V
+    sampler at strength 0.5 (shift 1: σ = 0.5) follows the caption and keeps each unseen scene's layout
+    (2×2-pixel blocks, still over 4 frames: what a patch and the frames can average against the noise)."""
+    from vidfx.train.eval import student_v2v
+
+    g = gen(0)
+    scenes = torch.randn(12, 4, 1, 4, 4, generator=g).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    scenes = scenes.expand(-1, -1, 4, -1, -1).contiguous()
+    t_plain, t_lift = torch.randn(1, *TEXT, generator=g), torch.randn(1, *TEXT, generator=g)
+    lat = paired_cache(tmp_path, scenes[:8], {"lift": scenes[:8] + 1.5}, {None: t_plain, "lift": t_lift})
+    stage = PairedV2VStage(
+        PairedV2VConfig(
+            latents=str(lat),
+            videos=str(tmp_path),
+            chunk_frames=2,
+            student_steps=STEPS,
+            shift=1.0,
+            strengths=(0.4, 0.6),
+            run=run(tmp_path, "v2v", steps=300, batch_size=8),
+            model=SPEC,
+            optim=OptimConfig(lr=3e-3),
+        )
+    )
+    before = stage.loss(stage.batch(0), gen(5)).item()
+    stage.fit()
+    assert stage.loss(stage.batch(0), gen(5)).item() < 0.5 * before
+    sample = student_v2v(stage.model.eval(), STEPS, 0.5, chunk_frames=2, shift=1.0)
+    unseen = scenes[8:]
+    kept = sample(unseen, t_plain.expand(4, -1, -1), gen(1))
+    lifted = sample(unseen, t_lift.expand(4, -1, -1), gen(1))
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    assert corr(kept, unseen) > 0.6 and corr(lifted, unseen) > 0.6, (corr(kept, unseen), corr(lifted, unseen))
+    assert abs(float(kept.mean() - unseen.mean())) < 0.5 and float(lifted.mean() - unseen.mean()) > 1.0
 
 
 # -- DMD ---------------------------------------------------------------------------------------------------
@@ -890,7 +988,13 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
         frames = [np.full((32, 32, 3), (40 * i + 8 * t) % 255, dtype=np.uint8) for t in range(18)]
         write_video(videos / f"v{i}.mp4", frames, fps=8)
         look = ("dark", "light")[i % 2]
-        lines.append(json.dumps({"file": f"v{i}.mp4", "captions": [f"a {look} fade {i}"], "look": look}))
+        entry = {"file": f"v{i}.mp4", "captions": [f"a {look} fade {i}"], "look": look}
+        if i in (0, 2):  # scenes also given plain, for the paired video-to-video stage (both in "train")
+            plain = [np.full((32, 32, 3), (20 * i + 8 * t) % 255, dtype=np.uint8) for t in range(18)]
+            write_video(videos / f"p{i}.mp4", plain, fps=8)
+            lines.append(json.dumps({"file": f"p{i}.mp4", "captions": ["plain"], "look": None, "source": f"p{i}.mp4"}))
+            entry["source"] = f"p{i}.mp4"
+        lines.append(json.dumps(entry))
     (videos / "captions.jsonl").write_text("\n".join(lines))
     cfg = AblationConfig(
         videos=str(videos),
@@ -910,6 +1014,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
         student_init_steps=2,
         dmd_steps=2,
         dmd_ratio=1,
+        paired_v2v_steps=2,
         num_pairs=2,
         feature_steps=2,
         drift_length=2,
@@ -940,6 +1045,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     assert all(len(curve) == 2 for curve in results["drift"].values())
     for name in ("ablation.md", "ablation.png", "ablation.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    assert latest_checkpoint(tmp_path / "out" / "paired_v2v") is not None
 
     # The recipe's student → a weights folder the serving loader reads (what ships as `default`).
     from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder

@@ -31,7 +31,7 @@ from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk, write_context
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 from vidfx.model.wan_dit import CausalDiT, DiTConfig
-from vidfx.sampling import DEFAULT_SHIFT, noise_to, shift_sigma, step_sigmas, velocity_to_x0
+from vidfx.sampling import chunk_sigmas, noise_to, step_sigmas, velocity_to_x0
 from vidfx.text.base import TextEncoder, blend, interpolate
 from vidfx.text.cache import PromptEmbeddings
 from vidfx.weights import CheckpointError, load_into, load_state_dict
@@ -83,20 +83,6 @@ class StreamParams:
             motion_range=stream.motion_range,
             motion_ref=stream.motion_ref,
         )
-
-
-def chunk_sigmas(steps: Sequence[int], strength: float, shift: float = DEFAULT_SHIFT) -> list[float]:
-    """σ of each denoising step of a chunk at `strength` ∈ (0, 1].
-
-    The input latent is noised to σ(strength); the grid steps below strength·1000 follow. At a strength on the
-    grid this is exactly the grid's tail (SDEdit on the distilled steps); in between it starts continuously,
-    which lets strength (and the motion-aware controller) move smoothly instead of in step-sized jumps.
-    """
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    start = strength * 1000.0
-    below = [s for s in steps if s < start - 1e-6]
-    return [float(shift_sigma(strength, shift))] + [float(shift_sigma(s / 1000.0, shift)) for s in below]
 
 
 def motion_strength(motion: float, params: StreamParams) -> float:

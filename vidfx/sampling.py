@@ -58,6 +58,20 @@ def sdedit_steps(steps: Sequence[int], strength: float) -> list[int]:
     return kept
 
 
+def chunk_sigmas(steps: Sequence[int], strength: float, shift: float = DEFAULT_SHIFT) -> list[float]:
+    """σ of each denoising step of a chunk at `strength` ∈ (0, 1].
+
+    The input latent is noised to σ(strength); the grid steps below strength·1000 follow. At a strength on the
+    grid this is exactly the grid's tail (SDEdit on the distilled steps); in between it starts continuously,
+    which lets strength (and the motion-aware controller) move smoothly instead of in step-sized jumps.
+    """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    start = strength * 1000.0
+    below = [s for s in steps if s < start - 1e-6]
+    return [float(shift_sigma(strength, shift))] + [float(shift_sigma(s / 1000.0, shift)) for s in below]
+
+
 def teacher_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
     """Wan's many-step sampling grid: num_steps+1 shifted σ from 1 down to 0."""
     if num_steps < 1:

@@ -32,8 +32,8 @@ import zmq.asyncio
 
 from vidfx.config import ModelSettings, resolve_threads
 from vidfx.generation import denoise_chunk
-from vidfx.pipeline import ChunkRequest, StreamParams, chunk_sigmas, load_pipeline
-from vidfx.sampling import noise_to
+from vidfx.pipeline import ChunkRequest, StreamParams, load_pipeline
+from vidfx.sampling import chunk_sigmas, noise_to
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -5,6 +5,7 @@
     vidfx train ode-pairs --config pairs.toml                                 teacher ODE trajectories
     vidfx train student-init --config student.toml                            causal student, ODE regression
     vidfx train dmd --config dmd.toml                                         asymmetric DMD
+    vidfx train paired-v2v --config v2v.toml                                  source → look fine-tune (optional)
     vidfx train ablation --config ablation.toml                               every stage + eval + report
     vidfx train export --config ablation.toml --to DIR                        a variant → a weights folder
 
@@ -20,6 +21,7 @@ import sys
 from vidfx.train.config import (
     DMDConfig,
     OdePairsConfig,
+    PairedV2VConfig,
     StudentInitConfig,
     TeacherConfig,
     load_config,
@@ -30,6 +32,7 @@ STAGES = {
     "ode-pairs": ("the teacher's ODE trajectories at the student's steps", OdePairsConfig),
     "student-init": ("the causal student regresses the ODE endpoints (CausVid's init)", StudentInitConfig),
     "dmd": ("asymmetric distribution matching distillation", DMDConfig),
+    "paired-v2v": ("fine-tune the student from noised source clips to the same clips in a look", PairedV2VConfig),
 }
 
 
@@ -116,6 +119,8 @@ def run_stage(args: argparse.Namespace) -> int:
         from vidfx.train.teacher import TeacherStage as Stage
     elif args.stage == "student-init":
         from vidfx.train.student_init import StudentInitStage as Stage  # type: ignore[assignment]
+    elif args.stage == "paired-v2v":
+        from vidfx.train.paired_v2v import PairedV2VStage as Stage  # type: ignore[assignment]
     else:
         from vidfx.train.dmd import DMDStage as Stage  # type: ignore[assignment]
     stage = Stage(cfg)

@@ -45,6 +45,7 @@ from vidfx.train.config import (
     ModelSpec,
     OdePairsConfig,
     OptimConfig,
+    PairedV2VConfig,
     RunConfig,
     StudentInitConfig,
     TeacherConfig,
@@ -69,6 +70,7 @@ from vidfx.train.eval import (
     teacher_v2v,
 )
 from vidfx.train.ode_pairs import generate_ode_pairs
+from vidfx.train.paired_v2v import PairedV2VStage
 from vidfx.train.student_init import StudentInitStage
 from vidfx.train.teacher import TeacherStage
 
@@ -104,6 +106,11 @@ class AblationConfig:
     # real footage there) or "pairs" (the teacher's ODE endpoints).
     dmd_data: str = "latents"
     num_pairs: int = 256
+    # Optional stage after the recipe: the dmd_ode student fine-tuned from noised source clips to the same
+    # clips in a look (vidfx.train.paired_v2v; needs a dataset of plain scenes + their looks). 0: skipped.
+    paired_v2v_steps: int = 0
+    paired_v2v_strengths: list[float] = field(default_factory=lambda: [0.3, 0.85])
+    paired_v2v_lr: float = 1e-4
     feature_steps: int = 400
     drift_length: int = 10
     v2v_strengths: list[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -133,7 +140,7 @@ DMD_VARIANTS: dict[str, tuple[str, str, bool]] = {
     "dmd_no_ode": ("teacher", "teacher", False),
     "dmd_causal_teacher": ("student_ode", "teacher_causal", True),
 }
-STAGES = ("encode", "teacher", "teacher_causal", "pairs", "student_ode", *DMD_VARIANTS, "evaluate")
+STAGES = ("encode", "teacher", "teacher_causal", "pairs", "student_ode", *DMD_VARIANTS, "paired_v2v", "evaluate")
 
 
 def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
@@ -225,6 +232,23 @@ def train_all(cfg: AblationConfig) -> None:
                 optim=OptimConfig(lr=cfg.dmd_lr),
                 critic_optim=OptimConfig(lr=cfg.dmd_lr),
                 ema=EMAConfig(decay=0.99, start_step=cfg.dmd_steps // 2),
+            )
+        ).fit()
+
+    if wants(cfg, "paired_v2v") and cfg.paired_v2v_steps > 0:
+        lo, hi = cfg.paired_v2v_strengths
+        PairedV2VStage(
+            PairedV2VConfig(
+                latents=lat,
+                videos=cfg.videos,
+                init=str(out / "dmd_ode"),
+                chunk_frames=k,
+                student_steps=cfg.student_steps,
+                strengths=(lo, hi),
+                run=_run(cfg, "paired_v2v", cfg.paired_v2v_steps),
+                model=cfg.model,
+                optim=OptimConfig(lr=cfg.paired_v2v_lr),
+                ema=EMAConfig(decay=0.99, start_step=cfg.paired_v2v_steps // 2),
             )
         ).fit()
 

@@ -170,6 +170,24 @@ class DMDConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
 
 
+@dataclass
+class PairedV2VConfig:
+    """Stage 5 (optional): paired video-to-video fine-tune of the student (vidfx.train.paired_v2v)."""
+
+    latents: str = ""  # encoded dataset whose scenes come as a plain source plus the same scene in looks
+    videos: str = ""  # the dataset folder (its captions.jsonl pairs the clips); default: the cache's source
+    init: str = ""  # the distilled student
+    chunk_frames: int = 3
+    student_steps: list[int] = field(default_factory=lambda: list(CAUSVID_STEPS))
+    shift: float = DEFAULT_SHIFT
+    strengths: tuple[float, float] = (0.3, 0.85)  # strength range drawn per clip
+    first_step: float = 0.5  # probability a chunk is the source at σ(strength) (else a later step / context)
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+
 # -- reading ---------------------------------------------------------------------------------------------
 
 
