@@ -1055,9 +1055,18 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
 
     ae = tmp_path / "ae.safetensors"
     save_autoencoder(load_autoencoder("random:tiny"), ae)
+    meta = LatentDataset(tmp_path / "out" / "latents").meta
+    stats = {k: meta[k] for k in ("latent_mean", "latent_std")}  # the normalisation the cache was made with
     folder = export_model(
-        tmp_path / "out" / "dmd_ode", cfg.model.build(), ae, tmp_path / "weights", text_spec_meta(cfg.text)
-    )
+        tmp_path / "out" / "dmd_ode", cfg.model.build(), ae, tmp_path / "weights", text_spec_meta(cfg.text),
+        latent_stats=stats,
+    )  # fmt: skip
+    other = load_autoencoder("random:tiny")
+    other.latent_std.mul_(3.0)  # a DiT trained on these latents would see them at a third of the scale
+    save_autoencoder(other, tmp_path / "other_ae.safetensors")
+    with pytest.raises(ValueError, match="latent_std is not the one the training latents were normalised with"):
+        export_model(tmp_path / "out" / "dmd_ode", cfg.model.build(), tmp_path / "other_ae.safetensors",
+                     tmp_path / "w2", latent_stats=stats)  # fmt: skip
     pipe = load_pipeline(ModelSettings(name=str(folder), width=32, height=32))
     student = CausalDiT(cfg.model.build())
     student.load_state_dict(read_weights(tmp_path / "out" / "dmd_ode"))

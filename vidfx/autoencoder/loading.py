@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -40,7 +41,9 @@ def save_autoencoder(ae: VideoAutoencoder, path: str | Path) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in ae.state_dict().items()}
     # For people and other tools: loading reads the architecture off the tensor shapes.
     meta = {"vidfx.kind": ae.kind, "vidfx.config": json.dumps(ae.config_dict())}
-    save_file(state, str(path), metadata=meta)
+    tmp = Path(str(path) + ".tmp")  # written whole, then renamed: a reader never sees half a file
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
 
 
 def autoencoder_for_state(state: dict[str, torch.Tensor], source: str | Path) -> VideoAutoencoder:

@@ -7,8 +7,9 @@ fresh `CausalCache` each, i.e. the exact function the stream objects compute chu
 Checkpoints (`checkpoint_dir/autoencoder-step0000100.safetensors`) hold `model.*` (the weights, loadable by
 `load_autoencoder`), `optim.<param>.{exp_avg,exp_avg_sq}` (AdamW moments) and `optim.step`; a later call
 with the same `checkpoint_dir` resumes from the newest one. The data iterator is the caller's, so a resumed
-run sees whatever clips the iterator yields next. On completion `checkpoint_dir/autoencoder.safetensors`
-holds the plain weights.
+run sees whatever clips the iterator yields next. The plain weights file is the caller's to write, once its
+latent statistics are fitted (`vidfx train-autoencoder` does both): a file with unfitted statistics under the
+final name was once encoded from by a process running beside the fit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vidfx.autoencoder.base import CausalCache, VideoAutoencoder
-from vidfx.autoencoder.loading import save_autoencoder
 from vidfx.weights import CheckpointError, load_state_dict
 
 CHECKPOINT_GLOB = "autoencoder-step*.safetensors"
@@ -182,7 +182,7 @@ def train_autoencoder(
     frame, so noise there shows as flicker within the group).
 
     With `checkpoint_dir`, resumes from the newest checkpoint there, saves every `checkpoint_every` steps
-    and at the end (plus `autoencoder.safetensors`, the plain weights). Returns this call's per-step losses.
+    and at the end. Returns this call's per-step losses.
     `warmup_steps` defaults to min(100, steps // 10).
     """
     if steps < 1:
@@ -226,8 +226,6 @@ def train_autoencoder(
             _save_checkpoint(ae, opt, done, directory)
     bar.close()
     ae.eval()
-    if directory is not None:
-        save_autoencoder(ae, directory / "autoencoder.safetensors")
     return losses
 
 

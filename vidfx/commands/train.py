@@ -16,6 +16,7 @@ Every training stage resumes from its run folder's newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from vidfx.train.config import (
@@ -158,9 +159,16 @@ def run_export(args: argparse.Namespace) -> int:
     training = {"variant": args.variant, "ablation": to_dict(cfg), "autoencoder": args.autoencoder or cfg.autoencoder}
     classifier = cfg.features.removeprefix("look:") if cfg.features.startswith("look:") else None
     text = text_spec_meta(cfg.text)
-    out = export_model(
-        run, cfg.model.build(), args.autoencoder or cfg.autoencoder, args.to, text, training, classifier=classifier,
-        looks=args.looks,
-    )  # fmt: skip
+    manifest = Path(cfg.out) / "latents" / "manifest.json"
+    meta = json.loads(manifest.read_text())["meta"] if manifest.exists() else {}
+    stats = {k: meta[k] for k in ("latent_mean", "latent_std") if k in meta}
+    try:
+        out = export_model(
+            run, cfg.model.build(), args.autoencoder or cfg.autoencoder, args.to, text, training,
+            classifier=classifier, looks=args.looks, latent_stats=stats,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"vidfx train export: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0

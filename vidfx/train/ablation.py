@@ -110,6 +110,7 @@ class AblationConfig:
     # clips in a look (vidfx.train.paired_v2v; needs a dataset of plain scenes + their looks). 0: skipped.
     paired_v2v_steps: int = 0
     paired_v2v_strengths: list[float] = field(default_factory=lambda: [0.3, 0.85])
+    paired_v2v_first_step: float = 0.5
     paired_v2v_lr: float = 1e-4
     feature_steps: int = 400
     drift_length: int = 10
@@ -245,6 +246,7 @@ def train_all(cfg: AblationConfig) -> None:
                 chunk_frames=k,
                 student_steps=cfg.student_steps,
                 strengths=(lo, hi),
+                first_step=cfg.paired_v2v_first_step,
                 run=_run(cfg, "paired_v2v", cfg.paired_v2v_steps),
                 model=cfg.model,
                 optim=OptimConfig(lr=cfg.paired_v2v_lr),

@@ -233,7 +233,15 @@ def encode_dataset(
     Resumable: clips already in `out` are skipped (clip order is deterministic), so a killed run continues.
     `names` (e.g. {"autoencoder": "tiny:...", "text_encoder": "hash"}) are recorded in the manifest.
     """
+    # The normalisation the latents were made with: a DiT trained on them only works behind an autoencoder
+    # with the same statistics (the export checks). Part of the fingerprint: a resumed cache cannot mix two.
+    stats = {
+        name: [round(float(v), 6) for v in getattr(autoencoder, name)]
+        for name in ("latent_mean", "latent_std")
+        if isinstance(getattr(autoencoder, name, None), torch.Tensor)
+    }
     settings = {
+        **stats,
         "frames": frames,
         "fps": fps,
         "size": list(size),

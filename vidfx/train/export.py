@@ -46,15 +46,27 @@ def export_model(
     dtype: torch.dtype = torch.float16,
     classifier: str | Path | None = None,
     looks: list[str] | None = None,
+    latent_stats: dict[str, list[float]] | None = None,
 ) -> Path:
-    """Write `out/` from a generator run (or weights) and an autoencoder file; returns `out`."""
+    """Write `out/` from a generator run (or weights) and an autoencoder file; returns `out`.
+
+    latent_stats: the latent cache's `latent_mean` / `latent_std` (its manifest meta): the autoencoder must
+    normalise latents as the cache the DiT learnt from did, or the served model sees latents at another scale.
+    """
+    ae = load_autoencoder(autoencoder)
+    for name, values in (latent_stats or {}).items():
+        if not torch.allclose(getattr(ae, name).float(), torch.tensor(values), rtol=1e-4, atol=1e-5):
+            raise ValueError(
+                f"{autoencoder}: its {name} is not the one the training latents were normalised with "
+                f"({getattr(ae, name)[:3].tolist()}… vs {values[:3]}…): export with the autoencoder that encoded them"
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dit = CausalDiT(dit_config)
     load_into(dit, read_weights(generator, role="generator"), str(generator))  # checks names and shapes
     state = {k: v.detach().to(dtype).contiguous() for k, v in dit.state_dict().items()}
     save_file(state, str(out / "dit.safetensors"), metadata={"vidfx.kind": "causal-dit"})
-    save_autoencoder(load_autoencoder(autoencoder), out / "autoencoder.safetensors")
+    save_autoencoder(ae, out / "autoencoder.safetensors")
     meta = {
         "dit": dataclasses.asdict(dit_config),
         "text": text or {"kind": "hash", "config": {}},
