@@ -23,6 +23,6 @@ dest=${1:-vidfx/weights/default}
 "$vidfx" train-autoencoder runs/ae_dec --videos data/looks --init runs/ae/autoencoder.safetensors \
   --decoder-only --latent-noise 0.5 --steps 600 --lr 3e-4   # a steadier decoder, same latents
 "$vidfx" train export --config "$config" --variant paired_v2v --autoencoder runs/ae_dec/autoencoder.safetensors \
-  --to "$dest"
+  --to "$dest" \
   --looks pencil_sketch thermal watercolor vintage_sepia comic night_vision
 .venv/bin/vidfx eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"

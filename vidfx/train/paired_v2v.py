@@ -31,10 +31,11 @@ import torch
 from vidfx.sampling import chunk_sigmas
 from vidfx.train.config import PairedV2VConfig
 from vidfx.train.data import DataOrder, LatentDataset, read_captions
-from vidfx.train.distributed import Dist, autocast
+from vidfx.train.distributed import Dist
 from vidfx.train.flow import bcast, per_chunk
+from vidfx.train.student_init import RegressionStage
 from vidfx.train.teacher import check_text
-from vidfx.train.trainer import Stage, build_network
+from vidfx.train.trainer import build_network
 
 
 def scene_pairs(meta: dict, videos: str | Path | None = None) -> list[tuple[int, int]]:
@@ -93,7 +94,7 @@ def paired_inputs(
     return (1 - s) * clean + s * noise, sigma_f
 
 
-class PairedV2VStage(Stage):
+class PairedV2VStage(RegressionStage):
     name = "paired_v2v"
 
     def __init__(self, cfg: PairedV2VConfig, dist: Dist | None = None) -> None:
@@ -123,15 +124,4 @@ class PairedV2VStage(Stage):
         x, sigma = paired_inputs(
             source, target, strengths, cfg.student_steps, cfg.shift, cfg.chunk_frames, cfg.first_step, gen
         )
-        with autocast(self.run, self.device):
-            v = self.model(x, 1000.0 * sigma, text, chunk_frames=cfg.chunk_frames)
-        x0 = x - bcast(sigma) * v
-        per_frame = (x0 - target).pow(2).mean(dim=(1, 3, 4))  # (B, F)
-        mask = (sigma > 0).float()
-        return (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
-
-    def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
-        loss = self.loss(self.batch(step), gen)
-        norm = self.optimize("generator", loss, self.cfg.optim)
-        self.update_emas()
-        return {"loss": loss.item(), "grad_norm": norm}
+        return self.regression_loss(x, sigma, text, target, cfg.chunk_frames)

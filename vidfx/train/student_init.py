@@ -10,8 +10,11 @@ context for later chunks and carry no loss (CausVid masks timestep == 0 out of i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from vidfx.model.wan_dit import CausalDiT
 from vidfx.train.config import StudentInitConfig
 from vidfx.train.data import DataOrder
 from vidfx.train.distributed import Dist, autocast
@@ -45,7 +48,38 @@ def regression_inputs(
     return x, levels[idx]
 
 
-class StudentInitStage(Stage):
+class RegressionStage(Stage):
+    """A stage whose generator regresses clean latents from per-chunk noised inputs (ODE init, paired V2V):
+    subclasses build `self.model`, `batch(step)` and `loss(batch, gen)` on top of `regression_loss`."""
+
+    model: CausalDiT
+
+    def loss(self, batch: Any, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, step: int) -> Any:
+        raise NotImplementedError
+
+    def regression_loss(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, target: torch.Tensor, chunk_frames: int
+    ) -> torch.Tensor:
+        """Mean ‖x₀ − target‖² of the x₀ prediction x − σ·v over the chunks with σ > 0 (σ = 0 chunks are clean
+        context: they carry no loss, as CausVid masks timestep 0 out of its MSE)."""
+        with autocast(self.run, self.device):
+            v = self.model(x, 1000.0 * sigma, text, chunk_frames=chunk_frames)
+        x0 = x - bcast(sigma) * v
+        per_frame = (x0 - target).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+        mask = (sigma > 0).float()
+        return (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        loss = self.loss(self.batch(step), gen)
+        norm = self.optimize("generator", loss, self.cfg.optim)
+        self.update_emas()
+        return {"loss": loss.item(), "grad_norm": norm}
+
+
+class StudentInitStage(RegressionStage):
     name = "student_init"
 
     def __init__(self, cfg: StudentInitConfig, dist: Dist | None = None) -> None:
@@ -67,15 +101,4 @@ class StudentInitStage(Stage):
         states, text = batch
         target = states[:, -1]
         x, sigma = regression_inputs(states, self.pairs.sigmas, cfg.chunk_frames, gen, cfg.independent_chunks)
-        with autocast(self.run, self.device):
-            v = self.model(x, 1000.0 * sigma, text, chunk_frames=cfg.chunk_frames)
-        x0 = x - bcast(sigma) * v
-        per_frame = (x0 - target).pow(2).mean(dim=(1, 3, 4))  # (B, F)
-        mask = (sigma > 0).float()
-        return (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
-
-    def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
-        loss = self.loss(self.batch(step), gen)
-        norm = self.optimize("generator", loss, self.cfg.optim)
-        self.update_emas()
-        return {"loss": loss.item(), "grad_norm": norm}
+        return self.regression_loss(x, sigma, text, target, cfg.chunk_frames)
