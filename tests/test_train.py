@@ -267,21 +267,17 @@ def test_student_init_loss_falls_on_a_fixed_batch(workdir: Path, tmp_path: Path)
 
 
 def paired_cache(folder: Path, sources: torch.Tensor, targets: dict[str, torch.Tensor], texts: dict) -> Path:
-    """A latent cache of scenes (plain source + each look) and the dataset captions.jsonl that pairs them:
-    files scene{j}_{look}, every look's `source` is scene{j}_source."""
+    """A latent cache of scenes (plain source, then each look) and the dataset captions.jsonl that pairs them.
+    write_latent_cache names clip i `clip{i}`; a scene's looks name its plain clip as their `source`."""
     latents, caps, looks, lines = [], [], [], []
     for j in range(sources.shape[0]):
+        source = f"clip{len(latents)}"
         for look, x in [(None, sources), *targets.items()]:
-            name = f"scene{j}_{look or 'source'}"
+            lines.append({"file": f"clip{len(latents)}", "captions": ["c"], "look": look, "source": source})
             latents.append(x[j])
             caps.append(texts[look])
             looks.append(look)
-            lines.append({"file": name, "captions": ["c"], "look": look, "source": f"scene{j}_source"})
     write_latent_cache(folder / "lat", torch.stack(latents), caps, looks=looks, shard_size=5)
-    # write_latent_cache names its files clip{i}: rename the caption entries to match.
-    for i, line in enumerate(lines):
-        line["source"] = f"clip{(i // (1 + len(targets))) * (1 + len(targets))}"
-        line["file"] = f"clip{i}"
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     return folder / "lat"
 

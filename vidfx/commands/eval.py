@@ -70,7 +70,6 @@ def run_looks(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.model is not None:
         return run_looks(args)
     if not (args.run and args.videos and args.autoencoder):
