@@ -290,6 +290,14 @@ def test_scene_pairs_join_each_look_to_its_plain_source(tmp_path: Path) -> None:
     pairs = scene_pairs(meta, tmp_path)
     # clips 0, 3, 6 are the sources; each pairs with itself (keep the input) and its two looks.
     assert pairs == [(0, 0), (0, 1), (0, 2), (3, 3), (3, 4), (3, 5), (6, 6), (6, 7), (6, 8)]
+    # look_repeats: look b's pairs three times each, the rest once.
+    assert scene_pairs(meta, tmp_path, {"b": 3}) == [
+        (0, 0), (0, 1), (0, 2), (0, 2), (0, 2), (3, 3), (3, 4), (3, 5), (3, 5), (3, 5),
+        (6, 6), (6, 7), (6, 8), (6, 8), (6, 8),
+    ]  # fmt: skip
+    for bad in ({"c": 2}, {"b": 0}):
+        with pytest.raises(ValueError, match="look_repeats"):
+            scene_pairs(meta, tmp_path, bad)
     lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(e) for e in lines if e["file"] != "clip3"))
     with pytest.raises(ValueError, match="clip3: in the latent cache but not in the dataset"):

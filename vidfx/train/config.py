@@ -182,6 +182,9 @@ class PairedV2VConfig:
     shift: float = DEFAULT_SHIFT
     strengths: tuple[float, float] = (0.3, 0.85)  # strength range drawn per clip
     first_step: float = 0.5  # probability a chunk is the source at σ(strength) (else a later step / context)
+    # How many times each pair of a look is seen per epoch (default 1): more of the looks a student renders
+    # least reliably, e.g. {pixel_art = 3}, without a separate run per look.
+    look_repeats: dict[str, int] = field(default_factory=dict)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
@@ -208,6 +211,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp)
         return [_coerce(inner, v, where) for v in value]
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a table, got {value!r}")
+        return {_coerce(key_type, k, where): _coerce(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):

@@ -24,6 +24,7 @@ entries with the same `source` file and clip index are one scene.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -38,11 +39,20 @@ from vidfx.train.teacher import check_text
 from vidfx.train.trainer import build_network
 
 
-def scene_pairs(meta: dict, videos: str | Path | None = None) -> list[tuple[int, int]]:
-    """(source sample, target sample) for every sample of a latent cache whose scene has a plain source.
+def scene_pairs(
+    meta: dict, videos: str | Path | None = None, look_repeats: Mapping[str, int] | None = None
+) -> list[tuple[int, int]]:
+    """(source sample, target sample) for every sample of a latent cache whose scene has a plain source,
+    each pair whose target is in a look of `look_repeats` listed that many times (the rest once).
 
     meta: the cache's manifest meta (`files`, `clip_index`, `looks`, `source` — the dataset folder, unless
     `videos` names it)."""
+    repeats = dict(look_repeats or {})
+    unknown = set(repeats) - {look for look in meta["looks"] if look is not None}
+    if unknown:
+        raise ValueError(f"look_repeats names looks the latent cache does not have: {sorted(unknown)}")
+    if any(not isinstance(n, int) or n < 1 for n in repeats.values()):
+        raise ValueError(f"look_repeats must be whole numbers ≥ 1, got {repeats}")
     entries = read_captions(videos or meta["source"])
     scenes: dict[tuple[str, int], dict[str | None, int]] = defaultdict(dict)
     for i, (file, clip, look) in enumerate(zip(meta["files"], meta["clip_index"], meta["looks"], strict=True)):
@@ -54,7 +64,8 @@ def scene_pairs(meta: dict, videos: str | Path | None = None) -> list[tuple[int,
     for members in scenes.values():
         source = members.get(None)
         if source is not None:
-            pairs.extend((source, target) for target in members.values())
+            for look, target in members.items():
+                pairs.extend([(source, target)] * repeats.get(look or "", 1))
     if not pairs:
         raise ValueError("no scene of the latent cache has a plain source clip (look null) to pair with")
     return sorted(pairs, key=lambda p: p[1])
@@ -100,7 +111,7 @@ class PairedV2VStage(RegressionStage):
     def __init__(self, cfg: PairedV2VConfig, dist: Dist | None = None) -> None:
         super().__init__(cfg, cfg.run, dist)
         self.data = LatentDataset(cfg.latents)
-        self.pairs = scene_pairs(self.data.meta, cfg.videos or None)
+        self.pairs = scene_pairs(self.data.meta, cfg.videos or None, cfg.look_repeats)
         self.order = DataOrder(len(self.pairs), cfg.run.seed)
         model = build_network(cfg.model, self.device, cfg.run.seed, cfg.init)
         check_text(self.data.text_shape, model.cfg.text_dim, model.cfg.text_len)
