@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidfx.config import ModelSettings
+from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier, predict
 from vidfx.data.look_eval import coarse_change, evaluate_looks, look_windows, prompt_for
 from vidfx.data.looks import LOOKS, make_clip
-from vidfx.offline import VideoWriter, generate_video, read_video
+from vidfx.offline import VideoWriter, generate_video, read_video, stylize_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, MODEL_ALIASES, StreamParams, load_pipeline
 
 WEIGHTS = Path(MODEL_ALIASES["default"])
@@ -92,6 +92,16 @@ def test_model_card_numbers_are_reproduced(pipe) -> None:  # type: ignore[no-unt
         assert abs(got.accuracy - want["accuracy"]) <= 1 / want["windows"] + 1e-9
         for key in ("flicker_ratio", "pixel_change_ratio", "structure_kept"):
             assert getattr(got, key) == pytest.approx(want[key], abs=0.02), (got.look, key)
+        assert got.target_psnr == pytest.approx(want["target_psnr"], abs=0.1), got.look
+
+
+def test_target_psnr_is_to_the_dataset_rendering_of_the_same_scene(pipe) -> None:  # type: ignore[no-untyped-def]
+    (score,) = evaluate_looks(pipe, load_look_classifier(DEFAULT_CLASSIFIER), looks=["thermal"], clips=1, frames=9)
+    scene = make_clip(1001, 0, num_frames=9, size=(128, 128), looks=["thermal"])
+    params = StreamParams.from_settings(pipe.settings, StreamSettings()).with_(prompts=((prompt_for("thermal"), 1.0),))
+    out = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in scene.source), params)))
+    mse = np.mean((out.astype(float) - scene.styled["thermal"].astype(float)) ** 2)
+    assert score.target_psnr == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-6)
 
 
 def test_image_to_video_starts_from_the_image(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

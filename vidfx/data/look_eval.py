@@ -13,7 +13,10 @@ and the live node) with the look's name (`prompt_for`) as the prompt, and measur
   palette snapping): that averages out within a block, a region that pumps or a chunk that jumps does not.
   The same ratio of the dataset's own rendering of the look (`reference_flicker_ratio`) is reported beside
   it, and the per-pixel ratio (`pixel_change_ratio`, grain included) after it;
-* structure kept — SSIM of the Sobel edge maps of input and output (vidfx.train.eval.structure_kept).
+* structure kept — SSIM of the Sobel edge maps of input and output (vidfx.train.eval.structure_kept);
+* target PSNR — PSNR (dB) of the output against the dataset's own rendering of the look on the same scene:
+  how close video-to-video comes to the job it was shown (the look *and* the scene), which the classifier,
+  judging palette and texture, does not see.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class LookScore:
     pixel_change_ratio: float
     structure_kept: float
     windows: int
+    target_psnr: float
 
 
 def coarse_change(x: torch.Tensor, block: int = 8) -> float:
@@ -89,7 +93,7 @@ def evaluate_looks(
         if strength is not None:
             params = params.with_(strength=strength)
         hits = total = 0
-        flicker, reference, pixel, structure = [], [], [], []
+        flicker, reference, pixel, structure, psnr = [], [], [], [], []
         for scene in scenes:
             source = scene.source
             out = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in source), params)))
@@ -102,6 +106,8 @@ def evaluate_looks(
             reference.append(coarse_change(_clip_tensor(scene.styled[look])) / motion)
             pixel.append(mean_frame_difference(out_t) / max(mean_frame_difference(src_t), 1e-12))
             structure.append(structure_kept(src_t, out_t))
+            mse = np.mean((out.astype(np.float64) - scene.styled[look].astype(np.float64)) ** 2)
+            psnr.append(10 * np.log10(255.0**2 / max(mse, 1e-12)))
         scores.append(
             LookScore(
                 look,
@@ -111,6 +117,7 @@ def evaluate_looks(
                 float(np.mean(pixel)),
                 float(np.mean(structure)),
                 total,
+                float(np.mean(psnr)),
             )
         )
     return scores
@@ -120,13 +127,14 @@ def scores_table(scores: Sequence[LookScore]) -> str:
     """A Markdown table of `evaluate_looks`' result."""
     lines = [
         "| look | classifier names it | flicker ratio (output / input) | same ratio, dataset's rendering | "
-        "per-pixel change ratio | structure kept (edge SSIM) |",
-        "|---|---|---|---|---|---|",
+        "per-pixel change ratio | structure kept (edge SSIM) | PSNR to the look's rendering (dB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         lines.append(
             f"| {s.look} | {s.accuracy:.0%} of {s.windows} windows | {s.flicker_ratio:.2f} | "
-            f"{s.reference_flicker_ratio:.2f} | {s.pixel_change_ratio:.2f} | {s.structure_kept:.2f} |"
+            f"{s.reference_flicker_ratio:.2f} | {s.pixel_change_ratio:.2f} | {s.structure_kept:.2f} | "
+            f"{s.target_psnr:.1f} |"
         )
     return "\n".join(lines)
 
