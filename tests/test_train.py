@@ -298,6 +298,14 @@ def test_scene_pairs_join_each_look_to_its_plain_source(tmp_path: Path) -> None:
     for bad in ({"c": 2}, {"b": 0}):
         with pytest.raises(ValueError, match="look_repeats"):
             scene_pairs(meta, tmp_path, bad)
+    # From TOML: a table of whole numbers, checked entry by entry.
+    path = tmp_path / "v2v.toml"
+    path.write_text('look_repeats = { b = 3 }\n')
+    assert load_config(PairedV2VConfig, path).look_repeats == {"b": 3}
+    for text in ('look_repeats = { b = "3" }\n', "look_repeats = [3]\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="look_repeats"):
+            load_config(PairedV2VConfig, path)
     lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(e) for e in lines if e["file"] != "clip3"))
     with pytest.raises(ValueError, match="clip3: in the latent cache but not in the dataset"):
@@ -870,10 +878,13 @@ def test_ddp_and_fsdp_under_torchrun_agree_and_resume(workdir: Path, tmp_path: P
 def test_example_configs_load(path: Path) -> None:
     from vidfx.train.ablation import AblationConfig
 
-    kinds = {"teacher": TeacherConfig, "ode": OdePairsConfig, "student": StudentInitConfig, "dmd": DMDConfig}
+    kinds = {"teacher": TeacherConfig, "ode": OdePairsConfig, "student": StudentInitConfig, "dmd": DMDConfig,
+             "paired_v2v": PairedV2VConfig}  # fmt: skip
     cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), AblationConfig)
     cfg = load_config(cls, path)
     assert cfg.model.build().dim > 0
+    if cls is PairedV2VConfig:
+        assert cfg.look_repeats and all(type(n) is int for n in cfg.look_repeats.values())
 
 
 def test_ode_pairs_split_over_processes_are_the_same_pairs(
