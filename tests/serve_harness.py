@@ -111,8 +111,13 @@ class NodeProcess(NodeOutput):
             if not hasattr(self, "_dealer"):
                 self._dealer = self.dealer()
             sock = self._dealer
-        await sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg))
-        return msgpack.unpackb(await asyncio.wait_for(sock.recv(), timeout))
+        async def exchange() -> bytes:
+            await sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg))
+            return await sock.recv()
+
+        # The send is inside the timeout too: a DEALER with no connected peer (a plain client whose handshake a
+        # CURVE node refused) blocks on send, not only on recv.
+        return msgpack.unpackb(await asyncio.wait_for(exchange(), timeout))
 
     async def metrics(self) -> dict[str, float]:
         """Every sample of /metrics as name{label=value,...} → value."""
