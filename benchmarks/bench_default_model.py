@@ -32,6 +32,7 @@ from vidfx.data.look_eval import prompt_for
 from vidfx.data.looks import LOOKS, make_clip, read_video
 from vidfx.offline import VideoWriter, stylize_video
 from vidfx.pipeline import StreamParams, load_pipeline
+from vidfx.plots import save_image_grid
 
 HERE = Path(__file__).resolve().parent
 CAMERA = (240, 320)
@@ -85,14 +86,9 @@ def peak_rss_of_run(model: str, frames: int, workdir: Path) -> tuple[float, floa
 
 def look_grid(pipe, path: Path, columns: int = 6) -> None:  # type: ignore[no-untyped-def]
     """Input frames in the first row, the same frames in every look below (`vidfx run` at strength 0.7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     clip = make_clip(11, 3, num_frames=33, size=(128, 128), looks=[]).source
     picks = np.linspace(4, len(clip) - 1, columns).astype(int)
-    rows = [("input", clip)]
+    videos = [("input", clip)]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.mov"
         with VideoWriter(src, clip.shape[1:3], Fraction(16), codec="png") as writer:
@@ -100,21 +96,8 @@ def look_grid(pipe, path: Path, columns: int = 6) -> None:  # type: ignore[no-un
         for look in LOOKS:
             dst = Path(tmp) / f"{look}.mov"
             stylize_video(pipe, src, dst, StreamParams(prompts=((prompt_for(look), 1.0),)), codec="png")
-            rows.append((look, read_video(dst)))
-    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 1.3, len(rows) * 1.35))
-    for r, (name, frames) in enumerate(rows):
-        for c, t in enumerate(picks):
-            ax = axes[r, c]
-            ax.imshow(frames[t])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name.replace("_", " "), fontsize=8)
-            if r == 0:
-                ax.set_title(f"frame {t}", fontsize=8)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            videos.append((look.replace("_", " "), read_video(dst)))
+    save_image_grid(path, [(name, [(f"frame {t}", frames[t]) for t in picks]) for name, frames in videos])
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from vidfx.data.look_eval import evaluate_looks, prompt_for
 from vidfx.data.looks import LOOKS, make_clip
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
+from vidfx.plots import save_image_grid
 from vidfx.sampling import DEFAULT_SHIFT, shift_sigma
 
 HERE = Path(__file__).resolve().parent
@@ -36,33 +37,17 @@ MEASURES = ("accuracy", "structure_kept", "target_psnr", "flicker_ratio")
 
 def strength_grid(pipe, strengths: list[float], path: Path, frame: int = 20) -> None:  # type: ignore[no-untyped-def]
     """One held-out scene, one frame: input and each look's dataset rendering, then the model at each strength."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     scene = make_clip(1001, 0, num_frames=frame + 1, size=(128, 128), looks=list(GRID_LOOKS))
     base = StreamParams.from_settings(pipe.settings, StreamSettings())
-    columns = 2 + len(strengths)
-    fig, axes = plt.subplots(len(GRID_LOOKS), columns, figsize=(columns * 1.35, len(GRID_LOOKS) * 1.45))
-    for r, look in enumerate(GRID_LOOKS):
+    rows = []
+    for look in GRID_LOOKS:
         cells = [("input", scene.source[frame]), ("dataset's look", scene.styled[look][frame])]
         for s in strengths:
             params = base.with_(prompts=((prompt_for(look), 1.0),), strength=s)
             out = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in scene.source), params)))
             cells.append((f"strength {s:g}", out[frame]))
-        for c, (title, image) in enumerate(cells):
-            ax = axes[r, c]
-            ax.imshow(image)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=7)
-            if c == 0:
-                ax.set_ylabel(look.replace("_", " "), fontsize=8)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        rows.append((look.replace("_", " "), cells))
+    save_image_grid(path, rows)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -78,11 +63,11 @@ def plot(results: dict, path: Path) -> None:
     ax1.axhline(80, color="k", lw=0.8, ls="--")
     ax1.set(xlabel="strength", ylabel="classifier names the look (% of windows)", title="look")
     ax1.legend(fontsize=7, ncol=2)
-    for key, label in (("structure_kept", "structure kept (edge SSIM)"), ("target_psnr", "PSNR to the look (dB)")):
-        values = [np.mean([v[key] for v in row["looks"].values()]) for row in results["rows"]]
-        axis = ax2 if key == "structure_kept" else ax2.twinx()
-        axis.plot(strengths, values, "o-", color="C0" if key == "structure_kept" else "C3", label=label)
-        axis.set_ylabel(label)
+    ax2.plot(strengths, [row["structure_kept"] for row in results["rows"]], "o-", color="C0")
+    ax2.set_ylabel("structure kept (edge SSIM)", color="C0")
+    psnr_axis = ax2.twinx()
+    psnr_axis.plot(strengths, [row["target_psnr"] for row in results["rows"]], "o-", color="C3")
+    psnr_axis.set_ylabel("PSNR to the look (dB)", color="C3")
     ax2.set(xlabel="strength", title="scene kept (mean over looks)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -105,6 +90,8 @@ def main() -> None:
         scores = evaluate_looks(pipe, classifier, clips=args.clips, seed=args.seed, strength=strength)
         row = {"strength": strength, "sigma": float(shift_sigma(strength, DEFAULT_SHIFT))}
         row["looks"] = {s.look: {key: getattr(s, key) for key in MEASURES} for s in scores}
+        for key in ("structure_kept", "target_psnr"):  # the scene measures, averaged over the looks
+            row[key] = float(np.mean([getattr(s, key) for s in scores]))
         results["rows"].append(row)
         named = sum(s.accuracy >= 0.8 for s in scores)
         print(f"[{i + 1}/{len(args.strengths)}] strength {strength:g} (σ {row['sigma']:.3f}): "
@@ -127,11 +114,9 @@ def main() -> None:
     ]
     for row in results["rows"]:
         acc = [row["looks"][look]["accuracy"] for look in looks]
-        structure = np.mean([v["structure_kept"] for v in row["looks"].values()])
-        psnr = np.mean([v["target_psnr"] for v in row["looks"].values()])
         lines.append(
             f"| {row['strength']:g} | {row['sigma']:.3f} | " + " | ".join(f"{a:.0%}" for a in acc)
-            + f" | {sum(a >= 0.8 for a in acc)} | {structure:.2f} | {psnr:.1f} |"
+            + f" | {sum(a >= 0.8 for a in acc)} | {row['structure_kept']:.2f} | {row['target_psnr']:.1f} |"
         )  # fmt: skip
     lines += [
         "",

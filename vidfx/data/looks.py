@@ -601,31 +601,13 @@ def contact_sheet(
 ) -> Path:
     """A PNG grid for people to look at: one row per clip (its middle frame), the source then each look.
     Rows are clips `indices` of the stream of `seed` (default: the first `num_clips`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vidfx.plots import save_image_grid
 
     indices = list(range(num_clips)) if indices is None else list(indices)
-    clips = [make_clip(seed, i, num_frames, size) for i in indices]
-    cols = ["source", *LOOKS]
-    rows = len(clips)
-    fig, axes = plt.subplots(rows, len(cols), figsize=(1.3 * len(cols), 1.35 * rows + 0.35), squeeze=False)
     mid = num_frames // 2
-    for r, clip in enumerate(clips):
-        for c, name in enumerate(cols):
-            frames = clip.source if name == "source" else clip.styled[name]
-            ax = axes[r][c]
-            ax.imshow(frames[mid], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name.replace("_", " "), fontsize=8)
-        axes[r][0].set_ylabel(f"clip {clip.index}", fontsize=7)
-    fig.suptitle(f"vidfx looks: seed {seed}, frame {mid} of {num_frames}", fontsize=9)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / (1.35 * rows + 0.35)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    rows = []
+    for i in indices:
+        clip = make_clip(seed, i, num_frames, size)
+        cells = [("source", clip.source[mid])] + [(name.replace("_", " "), clip.styled[name][mid]) for name in LOOKS]
+        rows.append((f"clip {clip.index}", cells))
+    return save_image_grid(path, rows, title=f"vidfx looks: seed {seed}, frame {mid} of {num_frames}", dpi=dpi)
