@@ -22,6 +22,7 @@ from vidfx.train.config import (
     ModelSpec,
     OdePairsConfig,
     OptimConfig,
+    PairedDMDConfig,
     PairedV2VConfig,
     RunConfig,
     StudentInitConfig,
@@ -35,7 +36,7 @@ from vidfx.train.dmd import DMDStage, dmd_direction, dmd_loss, rollout
 from vidfx.train.flow import drop_text, sample_sigma
 from vidfx.train.ode_pairs import OdePairs, generate_ode_pairs, merged_grid, teacher_trajectory
 from vidfx.train.paired_v2v import PairedV2VStage, paired_inputs, scene_pairs
-from vidfx.train.student_init import StudentInitStage, regression_inputs
+from vidfx.train.student_init import StudentInitStage, chunk_mse, regression_inputs
 from vidfx.train.teacher import TeacherStage
 
 torch.set_num_threads(1)
@@ -369,6 +370,82 @@ def test_paired_v2v_teaches_the_student_a_look_it_applies_at_inference(tmp_path:
 
     assert corr(kept, unseen) > 0.6 and corr(lifted, unseen) > 0.6, (corr(kept, unseen), corr(lifted, unseen))
     assert abs(float(kept.mean() - unseen.mean())) < 0.5 and float(lifted.mean() - unseen.mean()) > 1.0
+
+
+def paired_dmd_stage(workdir: Path, tmp_path: Path, weight: float, name: str) -> PairedV2VStage:
+    """Paired V2V with DMD on a cache of random scenes and a "lift" look; real score: the workdir's teacher."""
+    g = gen(0)
+    scenes = torch.randn(4, *LATENT, generator=g)
+    texts = {None: torch.randn(1, *TEXT, generator=g), "lift": torch.randn(1, *TEXT, generator=g)}
+    lat = paired_cache(tmp_path / name, scenes, {"lift": scenes + 1.5}, texts)
+    return PairedV2VStage(
+        PairedV2VConfig(
+            latents=str(lat),
+            videos=str(tmp_path / name),
+            init=str(workdir / "teacher.safetensors"),
+            chunk_frames=2,
+            student_steps=STEPS,
+            strengths=(0.5, 0.9),
+            dmd=PairedDMDConfig(
+                real_score=str(workdir / "teacher.safetensors"),
+                fake_score_init=str(workdir / "other.safetensors"),
+                weight=weight,
+                guidance=2.0,
+                ratio=2,
+                critic_optim=OptimConfig(lr=1e-3),
+            ),
+            run=run(tmp_path, name, steps=4, batch_size=4, save_every=2),
+            model=SPEC,
+            optim=OptimConfig(lr=1e-4),
+        )
+    )
+
+
+def test_paired_dmd_steps_change_only_their_own_network_and_resume(workdir: Path, tmp_path: Path) -> None:
+    stage = paired_dmd_stage(workdir, tmp_path, 1.0, "pd")
+    assert stage.real is not None and stage.fake is not None
+    nets = {"generator": stage.model, "fake": stage.fake, "real": stage.real}
+    batch = stage.batch(0)
+    for step, moves in ((stage.generator_step, "generator"), (stage.critic_step, "fake")):
+        before = {k: params(m) for k, m in nets.items()}
+        logs = step(batch, gen(1))
+        assert all(math.isfinite(v) for v in logs.values()), logs
+        after = {k: params(m) for k, m in nets.items()}
+        assert [k for k in nets if not same(before[k], after[k])] == [moves]
+    # The stage's schedule: generator on even steps (ratio 2), critic on every step; the fake score resumes.
+    logs = stage.fit()
+    assert ["dmd_loss" in entry for entry in logs] == [True, False, True, False]
+    again = paired_dmd_stage(workdir, tmp_path, 1.0, "pd")
+    assert again.resume() and same(params(again.fake), params(stage.fake))
+    assert same(params(again.real), read_weights(workdir / "teacher.safetensors"))
+
+
+def test_paired_dmd_generator_step_follows_the_dmd_direction_on_top_of_the_regression(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """From the same weights and draws, the step with a large DMD weight moves x₀ along −g (the DMD loss's
+    descent), the regression-only step (weight 0) does not, and lowers the regression loss instead."""
+    batch = paired_dmd_stage(workdir, tmp_path, 0.0, "a").batch(0)
+
+    def x0_of(stage: PairedV2VStage) -> torch.Tensor:
+        x, sigma = stage.inputs(batch, gen(3))
+        with torch.no_grad():
+            return stage.predict(x, sigma, batch[2], 2)
+
+    along = {}
+    for weight in (0.0, 100.0):
+        stage = paired_dmd_stage(workdir, tmp_path, weight, f"w{weight:g}")
+        g = gen(3)
+        x, sigma = stage.inputs(batch, g)
+        x0 = x0_of(stage)
+        direction = stage.dmd_direction(x0, batch[2], g).flatten()  # what generator_loss(batch, gen(3)) uses
+        stage.generator_step(batch, gen(3))
+        x1 = x0_of(stage)
+        moved = (x1 - x0).flatten()
+        along[weight] = float(torch.dot(moved, -direction) / (moved.norm() * direction.norm()))
+        if weight == 0:
+            assert float(chunk_mse(x1, batch[1], sigma)) < float(chunk_mse(x0, batch[1], sigma))
+    assert along[100.0] > 0.2 and along[100.0] > along[0.0] + 0.2, along
 
 
 # -- DMD ---------------------------------------------------------------------------------------------------

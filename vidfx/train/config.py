@@ -171,6 +171,22 @@ class DMDConfig:
 
 
 @dataclass
+class PairedDMDConfig:
+    """Distribution matching beside the paired stage's regression (DMD's two terms, Yin et al. 2024): the
+    regression keeps the scene, the DMD direction of a frozen bidirectional teacher pulls the x₀ predictions
+    toward its clips of the asked look. Empty `real_score`: regression only."""
+
+    real_score: str = ""  # the frozen bidirectional teacher
+    fake_score_init: str = ""  # default: the real score's weights
+    weight: float = 1.0  # of the DMD loss against the regression's
+    guidance: float = 3.5  # the real score's CFG, in CausVid's form cond + (cond − uncond)·s
+    ratio: int = 5  # generator step on steps divisible by it, critic (fake score) every step
+    t_min: float = 20.0
+    t_max: float = 980.0
+    critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5))
+
+
+@dataclass
 class PairedV2VConfig:
     """Stage 5 (optional): paired video-to-video fine-tune of the student (vidfx.train.paired_v2v)."""
 
@@ -185,6 +201,7 @@ class PairedV2VConfig:
     # How many times each pair of a look is seen per epoch (default 1): more of the looks a student renders
     # least reliably, e.g. {pixel_art = 3}, without a separate run per look.
     look_repeats: dict[str, int] = field(default_factory=dict)
+    dmd: PairedDMDConfig = field(default_factory=PairedDMDConfig)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))

@@ -16,6 +16,13 @@ node draws them:
                        the styled target noised to a later σ of the list (the steps after the first),
                        the clean styled target (context for the chunks after it; no loss)
 
+With `dmd.real_score` set, the generator's x₀ predictions also get DMD's distribution-matching term (DMD
+trains a one-step generator with regression + distribution matching; CausVid keeps only the latter): a
+frozen bidirectional teacher's score of the asked look against a fake score that tracks the student's own
+outputs (`vidfx.train.dmd`). Regression alone predicts the mean of the looks a noised input could become
+(smooth blobs where pixel art has blocks and neon edges thin lines); the DMD direction pushes each sample
+toward clips the teacher finds likely under the caption, while the regression keeps it the input's scene.
+
 Scenes without a look (the plain source) pair with themselves under their own captions ("the original
 video"), so a neutral prompt keeps the input. Pairs are found through the dataset folder's captions.jsonl:
 entries with the same `source` file and clip index are one scene.
@@ -29,12 +36,14 @@ from pathlib import Path
 
 import torch
 
+from vidfx.model.wan_dit import CausalDiT
 from vidfx.sampling import chunk_sigmas
 from vidfx.train.config import PairedV2VConfig
 from vidfx.train.data import DataOrder, LatentDataset, read_captions
-from vidfx.train.distributed import Dist
-from vidfx.train.flow import bcast, per_chunk
-from vidfx.train.student_init import RegressionStage
+from vidfx.train.distributed import Dist, autocast
+from vidfx.train.dmd import dmd_direction, dmd_loss, dmd_sigma, guided_x0
+from vidfx.train.flow import bcast, flow_loss, noisy, per_chunk, predict_x0
+from vidfx.train.student_init import RegressionStage, chunk_mse
 from vidfx.train.teacher import check_text
 from vidfx.train.trainer import build_network
 
@@ -117,6 +126,13 @@ class PairedV2VStage(RegressionStage):
         check_text(self.data.text_shape, model.cfg.text_dim, model.cfg.text_len)
         self.model = model
         self.add_trainable("generator", model, cfg.optim, cfg.ema)
+        self.real: CausalDiT | None = None
+        self.fake: CausalDiT | None = None
+        if cfg.dmd.real_score:
+            seed = cfg.run.seed
+            self.real = self.add_frozen(build_network(cfg.model, self.device, seed, cfg.dmd.real_score, False))
+            self.fake = build_network(cfg.model, self.device, seed, cfg.dmd.fake_score_init or cfg.dmd.real_score)
+            self.add_trainable("fake_score", self.fake, cfg.dmd.critic_optim, None)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Source latents, target latents (B, C, F, H, W) and one caption embedding of each target (B, L, D)."""
@@ -127,12 +143,75 @@ class PairedV2VStage(RegressionStage):
         tgt = self.data.batch(targets, self.data_generator_for(step))
         return src.to(self.device), tgt.latents.to(self.device), tgt.text.to(self.device)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    def inputs(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network input and its σ for a batch, drawn as the node draws them (module docstring)."""
         cfg: PairedV2VConfig = self.cfg
-        source, target, text = batch
+        source = batch[0]
         lo, hi = cfg.strengths
         strengths = lo + (hi - lo) * torch.rand(source.shape[0], generator=gen, device=gen.device)
-        x, sigma = paired_inputs(
-            source, target, strengths, cfg.student_steps, cfg.shift, cfg.chunk_frames, cfg.first_step, gen
+        return paired_inputs(
+            source, batch[1], strengths, cfg.student_steps, cfg.shift, cfg.chunk_frames, cfg.first_step, gen
         )
-        return self.regression_loss(x, sigma, text, target, cfg.chunk_frames)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        x, sigma = self.inputs(batch, gen)
+        return self.regression_loss(x, sigma, batch[2], batch[1], self.cfg.chunk_frames)
+
+    def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        if self.real is None:
+            return super().train_step(step, gen)
+        # DMD's schedule (vidfx.train.dmd): the generator every `ratio`-th step, the fake score every step.
+        batch = self.batch(step)
+        logs: dict[str, float] = {}
+        if step % self.cfg.dmd.ratio == 0:
+            logs.update(self.generator_step(batch, gen))
+        logs.update(self.critic_step(batch, gen))
+        return logs
+
+    def generator_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator
+    ) -> dict[str, float]:
+        loss, logs = self.generator_loss(batch, gen)
+        logs["grad_norm"] = self.optimize("generator", loss, self.cfg.optim)
+        self.update_emas()
+        return logs
+
+    def generator_loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Regression + weight · DMD on the x₀ predictions of one draw of inputs."""
+        _, target, text = batch
+        x, sigma = self.inputs(batch, gen)
+        x0 = self.predict(x, sigma, text, self.cfg.chunk_frames)
+        regression = chunk_mse(x0, target, sigma)
+        distribution = dmd_loss(x0, self.dmd_direction(x0.detach(), text, gen))
+        loss = regression + self.cfg.dmd.weight * distribution
+        return loss, {"loss": regression.item(), "dmd_loss": distribution.item()}
+
+    @torch.no_grad()
+    def dmd_direction(self, x0: torch.Tensor, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """DMD's direction at x₀ (vidfx.train.dmd): fake − real score x₀ at one noise level per clip."""
+        cfg = self.cfg.dmd
+        assert self.real is not None and self.fake is not None
+        with autocast(self.run, self.device):
+            sigma = dmd_sigma((x0.shape[0],), gen, x0.device, self.cfg.shift, cfg.t_min, cfg.t_max)
+            x_t = noisy(x0, torch.randn(x0.shape, generator=gen, device=x0.device), sigma)
+            fake_x0 = predict_x0(self.fake, x_t, sigma, text, None)
+            real_x0 = guided_x0(self.real, x_t, sigma, text, cfg.guidance, None)
+            return dmd_direction(x0, fake_x0, real_x0)
+
+    def critic_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator
+    ) -> dict[str, float]:
+        """The fake score's flow-matching loss on the generator's x₀ of fresh inputs (no generator gradient)."""
+        cfg = self.cfg.dmd
+        with torch.no_grad():
+            x, sigma = self.inputs(batch, gen)
+            x0 = self.predict(x, sigma, batch[2], self.cfg.chunk_frames)
+        score_sigma = dmd_sigma((x0.shape[0],), gen, x0.device, self.cfg.shift, cfg.t_min, cfg.t_max)
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+        with autocast(self.run, self.device):
+            loss = flow_loss(self.fake, x0, batch[2], score_sigma, noise)
+        return {"critic_loss": loss.item(), "critic_grad_norm": self.optimize("fake_score", loss, cfg.critic_optim)}

@@ -18,7 +18,7 @@ from vidfx.model.wan_dit import CausalDiT
 from vidfx.train.config import StudentInitConfig
 from vidfx.train.data import DataOrder
 from vidfx.train.distributed import Dist, autocast
-from vidfx.train.flow import bcast, per_chunk
+from vidfx.train.flow import per_chunk, predict_x0
 from vidfx.train.ode_pairs import OdePairs
 from vidfx.train.teacher import check_text
 from vidfx.train.trainer import Stage, build_network
@@ -48,6 +48,14 @@ def regression_inputs(
     return x, levels[idx]
 
 
+def chunk_mse(x0: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean ‖x₀ − target‖² over the frames with σ > 0 (σ (B, F)); σ = 0 frames are clean context: they carry
+    no loss, as CausVid masks timestep 0 out of its MSE."""
+    per_frame = (x0 - target).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+    mask = (sigma > 0).float()
+    return (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 class RegressionStage(Stage):
     """A stage whose generator regresses clean latents from per-chunk noised inputs (ODE init, paired V2V):
     subclasses build `self.model`, `batch(step)` and `loss(batch, gen)` on top of `regression_loss`."""
@@ -60,17 +68,15 @@ class RegressionStage(Stage):
     def batch(self, step: int) -> Any:
         raise NotImplementedError
 
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """The generator's block-causal x₀ prediction x − σ·v (with gradient)."""
+        with autocast(self.run, self.device):
+            return predict_x0(self.model, x, sigma, text, chunk_frames)
+
     def regression_loss(
         self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, target: torch.Tensor, chunk_frames: int
     ) -> torch.Tensor:
-        """Mean ‖x₀ − target‖² of the x₀ prediction x − σ·v over the chunks with σ > 0 (σ = 0 chunks are clean
-        context: they carry no loss, as CausVid masks timestep 0 out of its MSE)."""
-        with autocast(self.run, self.device):
-            v = self.model(x, 1000.0 * sigma, text, chunk_frames=chunk_frames)
-        x0 = x - bcast(sigma) * v
-        per_frame = (x0 - target).pow(2).mean(dim=(1, 3, 4))  # (B, F)
-        mask = (sigma > 0).float()
-        return (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+        return chunk_mse(self.predict(x, sigma, text, chunk_frames), target, sigma)
 
     def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
         loss = self.loss(self.batch(step), gen)
