@@ -20,9 +20,11 @@ dest=${1:-vidfx/weights/default}
 "$vidfx" train ablation --config "$config" --set 'stages=["pairs","student_ode","dmd_ode"]' --set threads=2
 # The distilled student, fine-tuned on the dataset's pairs: noised source clip → the same clip in a look.
 "$vidfx" train ablation --config "$config" --set 'stages=["paired_v2v"]' --set threads=2
+# Then source-conditioned: the same student also given the clean source latent, so it keeps the scene.
+"$vidfx" train ablation --config "$config" --set 'stages=["paired_source"]' --set threads=2
 "$vidfx" train-autoencoder runs/ae_dec --videos data/looks --init runs/ae/autoencoder.safetensors \
   --decoder-only --latent-noise 0.5 --steps 600 --lr 3e-4   # a steadier decoder, same latents
-"$vidfx" train export --config "$config" --variant paired_v2v --autoencoder runs/ae_dec/autoencoder.safetensors \
+"$vidfx" train export --config "$config" --variant paired_source --autoencoder runs/ae_dec/autoencoder.safetensors \
   --to "$dest" \
   --looks pencil_sketch thermal watercolor vintage_sepia comic night_vision
 .venv/bin/vidfx eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"

@@ -44,9 +44,12 @@ def test_default_is_the_shipped_model_within_budget(pipe) -> None:  # type: igno
     for name, value in pipe.dit.state_dict().items():
         torch.testing.assert_close(value, by_path.dit.state_dict()[name], rtol=0, atol=0)
     meta = json.loads((WEIGHTS / "model.json").read_text())
-    # The recipe's student (ODE init + asymmetric DMD), fine-tuned on the dataset's source → look pairs.
-    assert meta["training"]["variant"] == "paired_v2v"
-    assert meta["training"]["ablation"]["paired_v2v_steps"] > 0
+    # The recipe's student (ODE init + asymmetric DMD), fine-tuned on the dataset's source → look pairs, then
+    # source-conditioned: it also takes the clean input latent.
+    assert meta["training"]["variant"] == "paired_source"
+    recipe = meta["training"]["ablation"]
+    assert recipe["paired_v2v_steps"] > 0 and recipe["paired_source_steps"] > 0
+    assert pipe.dit.cfg.in_dim == 2 * pipe.dit.cfg.out_dim
     assert set(CLAIMED) <= set(LOOKS) and len(CLAIMED) >= 6
 
 

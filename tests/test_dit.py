@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,6 +39,35 @@ def test_cached_chunks_equal_block_causal_forward(tiny_dit: CausalDiT, chunk: in
     assert streamed.shape == full.shape == (2, cfg.out_dim, frames, 8, 8)
     assert (streamed - full).abs().max().item() <= 1e-5
     assert full.abs().max().item() > 1e-2  # a real signal, not zeros
+
+
+def test_source_condition_channels_stream_like_the_clip_and_default_to_zeros() -> None:
+    """A source-conditioned DiT (in_dim = 2 · out_dim): the condition rides beside x through the cached
+    stream exactly as through the block-causal forward; no condition means zeros; a wrong one is refused."""
+    base = DiTConfig.preset("tiny")
+    torch.manual_seed(0)
+    dit = randomized_dit(dataclasses.replace(base, in_dim=2 * base.out_dim))
+    frames, chunk = 4, 1
+    x, context = _clip(base, frames)
+    source = torch.randn_like(x)
+    t = torch.rand(2, frames) * 1000
+    with torch.no_grad():
+        full = dit(x, t, context, chunk_frames=chunk, condition=source)
+        cross = dit.cross_attention_cache(context)
+        cache = dit.new_kv_cache(2, 8, 8, window_frames=frames)
+        streamed = torch.cat(
+            [
+                dit.forward_chunk(x[:, :, i : i + 1], t[:, i : i + 1], cross, cache, True, source[:, :, i : i + 1])
+                for i in range(frames)
+            ],
+            dim=2,
+        )
+        assert (streamed - full).abs().max().item() <= 1e-5
+        unconditioned = dit(x, t, context, chunk_frames=chunk)
+        torch.testing.assert_close(unconditioned, dit(x, t, context, chunk_frames=chunk, condition=0 * source))
+        assert (unconditioned - full).abs().mean() > 1e-2  # the source reaches the output
+        with pytest.raises(ValueError, match="condition has 3 channels"):
+            dit(x, t, context, condition=source[:, :3])
 
 
 def test_reading_the_cache_does_not_change_it(tiny_dit: CausalDiT) -> None:

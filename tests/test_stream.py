@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import msgpack
@@ -12,6 +13,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
+from tests.conftest import randomized_dit
 from tests.serve_harness import make_video
 from vidfx.autoencoder.loading import save_autoencoder
 from vidfx.config import (
@@ -22,9 +24,11 @@ from vidfx.config import (
     is_loopback_address,
     settings_from_args,
 )
+from vidfx.frames import frames_to_tensor
 from vidfx.pipeline import (
     ChunkRequest,
     StreamParams,
+    StylePipeline,
     load_pipeline,
     motion_strength,
 )
@@ -208,6 +212,35 @@ def test_batched_streams_equal_streams_run_alone(pipe):
     assert np.abs(together[-1][0].astype(int) - together[-1][1]).mean() > 0.3  # the prompts did differ
 
 
+def test_a_source_conditioned_dit_sees_each_chunks_clean_latent(pipe):
+    """in_dim = 2 · out_dim: every forward of a chunk (its steps and its cache write) gets the chunk's clean
+    input latent as the condition, beside the noised latent."""
+    cfg = dataclasses.replace(pipe.dit.cfg, in_dim=2 * pipe.dit.cfg.out_dim)
+    dit = randomized_dit(cfg)
+    conditioned = StylePipeline(dit, pipe.autoencoder, pipe.text, pipe.settings)
+    seen: list[torch.Tensor] = []
+    forward_chunk = dit.forward_chunk
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("condition"))
+        return forward_chunk(*args, **kwargs)
+
+    dit.forward_chunk = recording  # type: ignore[method-assign]
+    params = StreamParams(prompts=(("a red fox", 1.0),), strength=0.7)
+    state = conditioned.new_stream_state(params)
+    video = make_video(5)
+    encoder = pipe.autoencoder.stream_encoder()
+    for chunk in chunks_of(video):
+        seen.clear()
+        out = conditioned.process_chunk(state, chunk, params)
+        assert out.shape == chunk.shape
+        geometry = conditioned.geometry(chunk.shape[1:3])
+        clean = encoder.encode(frames_to_tensor(chunk, geometry=geometry)).float()
+        assert len(seen) == len(chunk_sigmas(params.steps, params.strength)) + 1  # the steps, the cache write
+        for condition in seen:
+            torch.testing.assert_close(condition, clean)
+
+
 def test_prompt_change_reaches_the_next_chunk_and_transitions_interpolate(pipe):
     video = make_video(13)
     p1 = StreamParams(prompts=(("a red fox", 1.0),))
@@ -252,7 +285,8 @@ def test_weights_folder_loads_the_same_model(pipe, tmp_path):
     save_autoencoder(pipe.autoencoder, tmp_path / "autoencoder.safetensors")
     cfg = pipe.dit.cfg
     (tmp_path / "model.json").write_text(json.dumps({"dit": {
-        k: getattr(cfg, k) for k in ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "num_heads", "num_layers")
+        k: getattr(cfg, k)
+        for k in ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "in_dim", "num_heads", "num_layers")
     }}))  # fmt: skip
     loaded = load_pipeline(ModelSettings(name=str(tmp_path)))
     video = make_video(5)

@@ -35,7 +35,7 @@ from vidfx.train.data import DataOrder, LatentDataset, write_latent_cache
 from vidfx.train.dmd import DMDStage, dmd_direction, dmd_loss, rollout
 from vidfx.train.flow import drop_text, sample_sigma
 from vidfx.train.ode_pairs import OdePairs, generate_ode_pairs, merged_grid, teacher_trajectory
-from vidfx.train.paired_v2v import PairedV2VStage, paired_inputs, scene_pairs
+from vidfx.train.paired_v2v import PairedV2VStage, paired_inputs, scene_pairs, source_conditioned, widen_input
 from vidfx.train.student_init import StudentInitStage, chunk_mse, regression_inputs
 from vidfx.train.teacher import TeacherStage
 
@@ -301,7 +301,7 @@ def test_scene_pairs_join_each_look_to_its_plain_source(tmp_path: Path) -> None:
             scene_pairs(meta, tmp_path, bad)
     # From TOML: a table of whole numbers, checked entry by entry.
     path = tmp_path / "v2v.toml"
-    path.write_text('look_repeats = { b = 3 }\n')
+    path.write_text("look_repeats = { b = 3 }\n")
     assert load_config(PairedV2VConfig, path).look_repeats == {"b": 3}
     for text in ('look_repeats = { b = "3" }\n', "look_repeats = [3]\n"):
         path.write_text(text)
@@ -331,6 +331,20 @@ def test_paired_inputs_noise_the_source_at_the_first_step_and_the_target_after()
     assert clean.any() and torch.equal(x.permute(0, 2, 1, 3, 4)[clean], target.permute(0, 2, 1, 3, 4)[clean])
     _, only_source = paired_inputs(source, target, strengths, STEPS, 8.0, 2, 1.0, gen(0))
     assert torch.equal(only_source, torch.full_like(only_source, float(levels[0])))
+
+
+def test_widened_input_computes_what_the_student_did_whatever_the_condition() -> None:
+    torch.manual_seed(0)
+    student = random_dit(3)
+    wide = CausalDiT(source_conditioned(SPEC).build())
+    wide.load_state_dict(widen_input(student.state_dict(), wide.cfg.in_dim))
+    x, text = torch.randn(2, *LATENT), torch.randn(2, *TEXT)
+    t = torch.rand(2, LATENT[1]) * 1000
+    with torch.no_grad():
+        want = student(x, t, text, chunk_frames=2)
+        torch.testing.assert_close(wide(x, t, text, chunk_frames=2, condition=torch.randn_like(x)), want)
+    with pytest.raises(ValueError, match="more than"):
+        widen_input(wide.state_dict(), 4)
 
 
 def test_paired_v2v_teaches_the_student_a_look_it_applies_at_inference(tmp_path: Path) -> None:
@@ -428,7 +442,7 @@ def test_paired_dmd_generator_step_follows_the_dmd_direction_on_top_of_the_regre
     batch = paired_dmd_stage(workdir, tmp_path, 0.0, "a").batch(0)
 
     def x0_of(stage: PairedV2VStage) -> torch.Tensor:
-        x, sigma = stage.inputs(batch, gen(3))
+        x, sigma, _ = stage.inputs(batch, gen(3))
         with torch.no_grad():
             return stage.predict(x, sigma, batch[2], 2)
 
@@ -436,7 +450,7 @@ def test_paired_dmd_generator_step_follows_the_dmd_direction_on_top_of_the_regre
     for weight in (0.0, 100.0):
         stage = paired_dmd_stage(workdir, tmp_path, weight, f"w{weight:g}")
         g = gen(3)
-        x, sigma = stage.inputs(batch, g)
+        x, sigma, _ = stage.inputs(batch, g)
         x0 = x0_of(stage)
         direction = stage.dmd_direction(x0, batch[2], g).flatten()  # what generator_loss(batch, gen(3)) uses
         stage.generator_step(batch, gen(3))
@@ -960,8 +974,9 @@ def test_example_configs_load(path: Path) -> None:
     cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), AblationConfig)
     cfg = load_config(cls, path)
     assert cfg.model.build().dim > 0
-    if cls is PairedV2VConfig:
-        assert cfg.look_repeats and all(type(n) is int for n in cfg.look_repeats.values())
+    if cls is PairedV2VConfig:  # each experiment changes the stage somehow
+        assert cfg.look_repeats or cfg.dmd.real_score
+        assert all(type(n) is int for n in cfg.look_repeats.values())
 
 
 def test_ode_pairs_split_over_processes_are_the_same_pairs(
@@ -1071,7 +1086,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     """Every stage, every evaluation and the report, on a micro configuration (plumbing, not quality)."""
     import numpy as np
 
-    from vidfx.train.ablation import AblationConfig, run_ablation
+    from vidfx.train.ablation import AblationConfig, run_ablation, variant_model
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -1107,6 +1122,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
         dmd_steps=2,
         dmd_ratio=1,
         paired_v2v_steps=2,
+        paired_source_steps=2,
         num_pairs=2,
         feature_steps=2,
         drift_length=2,
@@ -1138,6 +1154,7 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("ablation.md", "ablation.png", "ablation.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert latest_checkpoint(tmp_path / "out" / "paired_v2v") is not None
+    assert latest_checkpoint(tmp_path / "out" / "paired_source") is not None
 
     # The recipe's student → a weights folder the serving loader reads (what ships as `default`).
     from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder
@@ -1164,5 +1181,14 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     student.load_state_dict(read_weights(tmp_path / "out" / "dmd_ode"))
     for name, value in pipe.dit.state_dict().items():  # stored in fp16
         torch.testing.assert_close(value, student.state_dict()[name].half().float())
+    out = pipe.process_chunk(pipe.new_stream_state(StreamParams()), np.zeros((1, 32, 32, 3), np.uint8))
+    assert out.shape == (1, 32, 32, 3)
+    # The source-conditioned student exports with its wider input and serves.
+    spec = variant_model(cfg, "paired_source").build()
+    assert spec.in_dim == 2 * spec.out_dim == 32
+    folder = export_model(tmp_path / "out" / "paired_source", spec, ae, tmp_path / "w3", text_spec_meta(cfg.text),
+                          latent_stats=stats)  # fmt: skip
+    pipe = load_pipeline(ModelSettings(name=str(folder), width=32, height=32))
+    assert pipe.dit.cfg.in_dim == 32
     out = pipe.process_chunk(pipe.new_stream_state(StreamParams()), np.zeros((1, 32, 32, 3), np.uint8))
     assert out.shape == (1, 32, 32, 3)

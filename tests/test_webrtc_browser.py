@@ -113,12 +113,14 @@ async def test_page_in_headless_chromium() -> None:
                 assert stream.startswith("offer-")
 
                 # Stylised frames reach the page: the output <video> plays and its pixels are a real picture.
+                # (With no prompt the default model keeps the input's colours; a look chip asks for a change.)
+                driver.find_element(By.XPATH, "//div[@id='looks']/button[text()='thermal camera']").click()
                 first = await _until(lambda: (driver.execute_script(READ_PIXELS)["out"] or {}).get("frames", 0) > 10 and
                                      driver.execute_script(READ_PIXELS), 30, "output frames")  # fmt: skip
                 assert first["out"]["w"] > 0 and first["out"]["h"] > 0
                 # The pixels are the node's: stylised, they are far from the camera's; paused from the page (the
                 # node passes frames through), they match the camera's; resumed, they are the model's again.
-                assert _distance(first) > 20, first
+                await _until(lambda: _distance(driver.execute_script(READ_PIXELS)) > 20, 15, "thermal pixels")
                 driver.find_element(By.ID, "pause").click()
                 await _until(lambda: _distance(driver.execute_script(READ_PIXELS)) < 8, 15, "pass-through pixels")
                 driver.find_element(By.ID, "pause").click()

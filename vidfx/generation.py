@@ -16,12 +16,15 @@ from vidfx.model.wan_dit import CausalDiT
 from vidfx.sampling import Denoiser, noise_to, sample_few_step, velocity_to_x0
 
 
-def chunk_denoiser(model: CausalDiT, cross: CrossAttnCache, cache: KVCache) -> Denoiser:
-    """A `denoise(x_t, sigma) -> x0` over one chunk that reads (never writes) the cache."""
+def chunk_denoiser(
+    model: CausalDiT, cross: CrossAttnCache, cache: KVCache, condition: torch.Tensor | None = None
+) -> Denoiser:
+    """A `denoise(x_t, sigma) -> x0` over one chunk that reads (never writes) the cache. condition: the
+    chunk's condition channels (a source-conditioned DiT's clean input latent; None: zeros)."""
 
     def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
         t = torch.full((x_t.shape[0],), 1000.0 * sigma, device=x_t.device)
-        v = model.forward_chunk(x_t, t, cross, cache, write_cache=False)
+        v = model.forward_chunk(x_t, t, cross, cache, write_cache=False, condition=condition)
         return velocity_to_x0(x_t.float(), v, sigma)
 
     return denoise
@@ -36,15 +39,17 @@ def denoise_chunk(
     cache: KVCache,
     generator: torch.Generator | None = None,
     context_sigma: float = 0.0,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Few-step denoise one chunk x (B, C, F, H, W), already noised to sigmas[0]; write it into the cache.
 
     context_sigma: noise level of the cache-write pass (CausVid writes clean latents, σ = 0; a small
     positive value makes the model robust to its own errors, as in Self-Forcing's "context noise").
+    condition: see `chunk_denoiser`; the cache write gets it too.
     Returns the clean latents x₀ (B, C, F, H, W) in fp32.
     """
-    x0 = sample_few_step(chunk_denoiser(model, cross, cache), x, sigmas, generator)
-    write_context(model, x0, cross, cache, generator, context_sigma)
+    x0 = sample_few_step(chunk_denoiser(model, cross, cache, condition), x, sigmas, generator)
+    write_context(model, x0, cross, cache, generator, context_sigma, condition)
     return x0
 
 
@@ -56,6 +61,7 @@ def write_context(
     cache: KVCache,
     generator: torch.Generator | None = None,
     context_sigma: float = 0.0,
+    condition: torch.Tensor | None = None,
 ) -> None:
     """Append clean latents x0 (B, C, F, H, W) to the stream's KV cache as context for the chunks after them:
     a denoised chunk, or a given image's latent (CausVid's zero-shot image-to-video)."""
@@ -64,4 +70,4 @@ def write_context(
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         ctx = noise_to(x0, noise, context_sigma)
     t = torch.full((x0.shape[0],), 1000.0 * context_sigma, device=x0.device)
-    model.forward_chunk(ctx, t, cross, cache, write_cache=True)
+    model.forward_chunk(ctx, t, cross, cache, write_cache=True, condition=condition)

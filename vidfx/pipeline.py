@@ -210,6 +210,7 @@ class _Prepared:
     geometry: FrameGeometry  # input size ↔ model size
     x: torch.Tensor  # (1, C, n, h, w) noised to sigmas[0]
     sigmas: list[float]
+    source: torch.Tensor | None = None  # the clean input latent, for a source-conditioned DiT
     x0: torch.Tensor | None = None
 
 
@@ -232,8 +233,8 @@ class StylePipeline:
                 f"text encoder ({text.max_tokens}×{text.text_dim}) does not fit the DiT "
                 f"({dit.cfg.text_len}×{dit.cfg.text_dim})"
             )
-        if autoencoder.latent_channels != dit.cfg.in_dim:
-            raise ValueError(f"autoencoder has {autoencoder.latent_channels} latent channels, DiT {dit.cfg.in_dim}")
+        if autoencoder.latent_channels != dit.cfg.out_dim:
+            raise ValueError(f"autoencoder has {autoencoder.latent_channels} latent channels, DiT {dit.cfg.out_dim}")
         s = autoencoder.spatial_factor * dit.cfg.patch_size[1]
         if settings.width % s or settings.height % s:
             raise ValueError(f"model resolution {settings.width}x{settings.height} must be a multiple of {s}")
@@ -309,7 +310,7 @@ class StylePipeline:
                 st = p.request.state
                 assert st.cross is not None
                 p.x0 = denoise_chunk(
-                    self.dit, p.x, p.sigmas, st.cross, st.kv, st.generator, self.settings.context_sigma
+                    self.dit, p.x, p.sigmas, st.cross, st.kv, st.generator, self.settings.context_sigma, p.source
                 )
             else:
                 self._denoise_batch(group)
@@ -335,7 +336,7 @@ class StylePipeline:
             write_context(self.dit, x0, state.cross, state.kv, state.generator, self.settings.context_sigma)
         else:
             h, w = self.latent_hw
-            noise = torch.randn((1, self.dit.cfg.in_dim, n, h, w), generator=state.generator, device=self.device).to(
+            noise = torch.randn((1, self.dit.cfg.out_dim, n, h, w), generator=state.generator, device=self.device).to(
                 self.dit.patch_embedding.weight.dtype
             )
             sigmas = step_sigmas(list(state.params.steps))
@@ -364,7 +365,8 @@ class StylePipeline:
         if request.params.fixed_noise:
             st.generator.manual_seed(request.params.seed)  # this chunk's draws (here and between steps) as the last's
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
-        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas)
+        source = z if self.dit.cfg.in_dim > self.dit.cfg.out_dim else None
+        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, source)
 
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
@@ -408,16 +410,19 @@ class StylePipeline:
             )
 
         sigmas = group[0].sigmas
+        sources = [p.source for p in group]
+        source = torch.cat(sources) if all(z is not None for z in sources) else None  # type: ignore[arg-type]
         x0 = x
         for i, sigma in enumerate(sigmas):
             t = torch.full((x.shape[0],), 1000.0 * sigma, device=x.device)
-            x0 = velocity_to_x0(x.float(), self.dit.forward_chunk(x, t, cross, joint), sigma)
+            v = self.dit.forward_chunk(x, t, cross, joint, condition=source)
+            x0 = velocity_to_x0(x.float(), v, sigma)
             if i + 1 < len(sigmas):
                 x = noise_to(x0, fresh_noise(x0), sigmas[i + 1])
         ctx_sigma = self.settings.context_sigma
         ctx = noise_to(x0, fresh_noise(x0), ctx_sigma) if ctx_sigma > 0 else x0
         t = torch.full((x.shape[0],), 1000.0 * ctx_sigma, device=x.device)
-        self.dit.forward_chunk(ctx, t, cross, joint, write_cache=True)
+        self.dit.forward_chunk(ctx, t, cross, joint, write_cache=True, condition=source)
         new_slots = torch.arange(visible * joint.tokens_per_frame, (visible + n) * joint.tokens_per_frame)
         for b, (p, st) in enumerate(zip(group, states, strict=True)):
             for layer in range(joint.num_layers):
@@ -455,7 +460,7 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
         # untrained stand-in needs them live, or the velocity ignores the prompt and the output the steering.
         for layer in (dit.head.head, dit.text_embedding[0], dit.text_embedding[2]):
             torch.nn.init.xavier_uniform_(layer.weight)
-        ae = TinyAutoencoder(TinyAEConfig(latent_channels=cfg.in_dim))
+        ae = TinyAutoencoder(TinyAEConfig(latent_channels=cfg.out_dim))
         # PyTorch's default init shrinks the signal layer by layer: the decoded frames would be a flat grey
         # whatever the latents. Variance-preserving weights keep the output sensitive to what the DiT does.
         for m in ae.modules():

@@ -47,9 +47,9 @@ def run_mode(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         warm = model.new_kv_cache(1, lh, lw, window_frames=args.window, sink_frames=args.sink)
         for _ in range(3):  # first calls pay for allocator and kernel selection; keep them out of the timings
-            denoise_chunk(model, torch.randn(1, cfg.in_dim, args.chunk_frames, lh, lw), sigmas, cross, warm)
+            denoise_chunk(model, torch.randn(1, cfg.out_dim, args.chunk_frames, lh, lw), sigmas, cross, warm)
         for chunk_index in tqdm(range(args.chunks), desc=f"{args.mode} chunks", disable=not args.progress):
-            x = torch.randn(1, cfg.in_dim, args.chunk_frames, lh, lw, generator=gen)
+            x = torch.randn(1, cfg.out_dim, args.chunk_frames, lh, lw, generator=gen)
             start = time.perf_counter()
             if args.mode == "cache":
                 denoise_chunk(model, x, sigmas, cross, cache, generator=gen)

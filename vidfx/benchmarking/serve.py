@@ -137,7 +137,7 @@ def dit_batch_cost(model: ModelSettings, rows: int, reps: int = 20) -> tuple[flo
     for b in (1, rows):
         cache = dit.new_kv_cache(b, h, w, model.window_frames, model.sink_frames)
         cross = dit.cross_attention_cache(torch.randn(b, dit.cfg.text_len, dit.cfg.text_dim))
-        x = torch.randn(b, dit.cfg.in_dim, n, h, w)
+        x = torch.randn(b, dit.cfg.out_dim, n, h, w)
         t = torch.full((b,), 500.0)
         with torch.no_grad():
             for _ in range(model.window_frames + model.sink_frames):  # fill the cache (and warm up)

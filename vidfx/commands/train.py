@@ -147,7 +147,7 @@ def run_ablation(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vidfx.train.ablation import AblationConfig
+    from vidfx.train.ablation import AblationConfig, variant_model
     from vidfx.train.config import to_dict
     from vidfx.train.export import export_model, text_spec_meta
 
@@ -164,7 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
     stats = {k: meta[k] for k in ("latent_mean", "latent_std") if k in meta}
     try:
         out = export_model(
-            run, cfg.model.build(), args.autoencoder or cfg.autoencoder, args.to, text, training,
+            run, variant_model(cfg, args.variant).build(), args.autoencoder or cfg.autoencoder, args.to, text, training,
             classifier=classifier, looks=args.looks, latent_stats=stats,
         )  # fmt: skip
     except ValueError as exc:

@@ -39,7 +39,10 @@ class DiTConfig:
     freq_dim: int = 256  # sinusoidal time-embedding width
     text_dim: int = 4096  # width of the text encoder's output (umT5-XXL: 4096)
     text_len: int = 512  # prompts are zero-padded to this many tokens, as in Wan
-    in_dim: int = 16  # latent channels in
+    # Latent channels in. Above out_dim, the rest carry a condition: a source-conditioned video-to-video
+    # model (the default model) takes the clean source latent there; Wan's image-to-video (in_dim 36)
+    # its mask and image latent. A forward given no condition pads it with zeros.
+    in_dim: int = 16
     out_dim: int = 16  # latent channels out
     num_heads: int = 12
     num_layers: int = 30
@@ -334,8 +337,17 @@ class CausalDiT(nn.Module):
             )
         return e, e0
 
-    def _patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """(B, C, F, H, W) → tokens (B, F·H/2·W/2, dim) and the patch grid (F, H/2, W/2)."""
+    def _patchify(
+        self, x: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """(B, C, F, H, W) and its condition (B, in_dim − C, F, H, W; None: zeros) → tokens
+        (B, F·H/2·W/2, dim) and the patch grid (F, H/2, W/2)."""
+        extra = self.cfg.in_dim - x.shape[1]
+        if condition is not None and condition.shape[1] != extra:
+            raise ValueError(f"condition has {condition.shape[1]} channels, the model takes {extra} beside x")
+        if extra > 0:
+            x = torch.cat([x, torch.zeros_like(x[:, :1]).expand(-1, extra, -1, -1, -1) if condition is None
+                           else condition.to(x.dtype)], dim=1)  # fmt: skip
         pf, ph, pw = self.cfg.patch_size
         if x.shape[2] % pf or x.shape[3] % ph or x.shape[4] % pw:
             raise ValueError(f"latent shape {tuple(x.shape[2:])} is not divisible by the patch {self.cfg.patch_size}")
@@ -375,15 +387,17 @@ class CausalDiT(nn.Module):
         t: torch.Tensor,
         context: torch.Tensor | CrossAttnCache,
         chunk_frames: int | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity for a whole clip.
 
-        x: (B, in_dim, F, H, W) latents; t: (B,) or (B, F) timesteps in [0, 1000];
+        x: (B, out_dim, F, H, W) latents; t: (B,) or (B, F) timesteps in [0, 1000];
         context: text encoder output (B, tokens, text_dim) or a prepared CrossAttnCache;
-        chunk_frames: None → bidirectional; k → block-causal (latent frames of chunk j see chunks ≤ j).
+        chunk_frames: None → bidirectional; k → block-causal (latent frames of chunk j see chunks ≤ j);
+        condition: the in_dim − out_dim condition channels (see DiTConfig.in_dim; None: zeros).
         Returns (B, out_dim, F, H, W).
         """
-        tokens, grid = self._patchify(x)
+        tokens, grid = self._patchify(x, condition)
         nf, gh, gw = grid
         e, e0 = self._time(t.to(x.device), x.shape[0], nf)
         cross = context if isinstance(context, CrossAttnCache) else self.cross_attention_cache(context)
@@ -415,14 +429,21 @@ class CausalDiT(nn.Module):
         )
 
     def forward_chunk(
-        self, x: torch.Tensor, t: torch.Tensor, cross: CrossAttnCache, cache: KVCache, write_cache: bool = False
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cross: CrossAttnCache,
+        cache: KVCache,
+        write_cache: bool = False,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity for one chunk x (B, in_dim, chunk_frames, H, W) attending to everything in `cache`.
+        """Velocity for one chunk x (B, out_dim, chunk_frames, H, W) attending to everything in `cache`.
 
         With `write_cache`, this chunk's keys/values are stored (call it once per chunk, on the clean
-        latents at the context-noise level) and the cache advances by the chunk's frames.
+        latents at the context-noise level) and the cache advances by the chunk's frames. condition: as in
+        `forward`.
         """
-        tokens, grid = self._patchify(x)
+        tokens, grid = self._patchify(x, condition)
         nf, gh, gw = grid
         if gh * gw != cache.tokens_per_frame:
             raise ValueError(f"chunk has {gh * gw} tokens a frame, the cache was made for {cache.tokens_per_frame}")

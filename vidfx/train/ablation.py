@@ -70,7 +70,7 @@ from vidfx.train.eval import (
     teacher_v2v,
 )
 from vidfx.train.ode_pairs import generate_ode_pairs
-from vidfx.train.paired_v2v import PairedV2VStage
+from vidfx.train.paired_v2v import PairedV2VStage, source_conditioned
 from vidfx.train.student_init import StudentInitStage
 from vidfx.train.teacher import TeacherStage
 
@@ -112,6 +112,10 @@ class AblationConfig:
     paired_v2v_strengths: list[float] = field(default_factory=lambda: [0.3, 0.85])
     paired_v2v_first_step: float = 0.5
     paired_v2v_lr: float = 1e-4
+    # Optional stage after it: the paired student made source-conditioned (it also takes the clean source
+    # latent; vidfx.train.paired_v2v) and fine-tuned on the same pairs. 0: skipped.
+    paired_source_steps: int = 0
+    paired_source_lr: float = 1e-4
     feature_steps: int = 400
     drift_length: int = 10
     v2v_strengths: list[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -141,7 +145,10 @@ DMD_VARIANTS: dict[str, tuple[str, str, bool]] = {
     "dmd_no_ode": ("teacher", "teacher", False),
     "dmd_causal_teacher": ("student_ode", "teacher_causal", True),
 }
-STAGES = ("encode", "teacher", "teacher_causal", "pairs", "student_ode", *DMD_VARIANTS, "paired_v2v", "evaluate")
+STAGES = (
+    "encode", "teacher", "teacher_causal", "pairs", "student_ode", *DMD_VARIANTS, "paired_v2v", "paired_source",
+    "evaluate",
+)  # fmt: skip
 
 
 def _run(cfg: AblationConfig, name: str, steps: int) -> RunConfig:
@@ -236,23 +243,32 @@ def train_all(cfg: AblationConfig) -> None:
             )
         ).fit()
 
-    if wants(cfg, "paired_v2v") and cfg.paired_v2v_steps > 0:
-        lo, hi = cfg.paired_v2v_strengths
-        PairedV2VStage(
-            PairedV2VConfig(
-                latents=lat,
-                videos=cfg.videos,
-                init=str(out / "dmd_ode"),
-                chunk_frames=k,
-                student_steps=cfg.student_steps,
-                strengths=(lo, hi),
-                first_step=cfg.paired_v2v_first_step,
-                run=_run(cfg, "paired_v2v", cfg.paired_v2v_steps),
-                model=cfg.model,
-                optim=OptimConfig(lr=cfg.paired_v2v_lr),
-                ema=EMAConfig(decay=0.99, start_step=cfg.paired_v2v_steps // 2),
-            )
-        ).fit()
+    lo, hi = cfg.paired_v2v_strengths
+    for name, init, steps, lr in (
+        ("paired_v2v", "dmd_ode", cfg.paired_v2v_steps, cfg.paired_v2v_lr),
+        ("paired_source", "paired_v2v", cfg.paired_source_steps, cfg.paired_source_lr),
+    ):
+        if wants(cfg, name) and steps > 0:
+            PairedV2VStage(
+                PairedV2VConfig(
+                    latents=lat,
+                    videos=cfg.videos,
+                    init=str(out / init),
+                    chunk_frames=k,
+                    student_steps=cfg.student_steps,
+                    strengths=(lo, hi),
+                    first_step=cfg.paired_v2v_first_step,
+                    run=_run(cfg, name, steps),
+                    model=variant_model(cfg, name),
+                    optim=OptimConfig(lr=lr),
+                    ema=EMAConfig(decay=0.99, start_step=steps // 2),
+                )
+            ).fit()
+
+
+def variant_model(cfg: AblationConfig, variant: str) -> ModelSpec:
+    """The architecture a run of the ablation trained: the config's, source-conditioned for paired_source."""
+    return source_conditioned(cfg.model) if variant == "paired_source" else cfg.model
 
 
 def _load(cfg: AblationConfig, name: str, device: torch.device) -> CausalDiT:

@@ -201,6 +201,9 @@ class PairedV2VConfig:
     # How many times each pair of a look is seen per epoch (default 1): more of the looks a student renders
     # least reliably, e.g. {pixel_art = 3}, without a separate run per look.
     look_repeats: dict[str, int] = field(default_factory=dict)
+    # A source-conditioned student (model in_dim 2 × out_dim) also sees the clean source latent; this share of
+    # clips sees zeros there instead, so it still makes video from text alone (vidfx generate).
+    condition_dropout: float = 0.1
     dmd: PairedDMDConfig = field(default_factory=PairedDMDConfig)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelSpec = field(default_factory=ModelSpec)

@@ -61,10 +61,15 @@ def noisy(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.T
 
 
 def predict_x0(
-    model: CausalDiT, x_t: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, chunk_frames: int | None
+    model: CausalDiT,
+    x_t: torch.Tensor,
+    sigma: torch.Tensor,
+    text: torch.Tensor,
+    chunk_frames: int | None,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x₀ = x_σ − σ·v from a whole-clip forward (bidirectional, or block-causal with chunk_frames)."""
-    v = model(x_t, 1000.0 * sigma, text, chunk_frames=chunk_frames)
+    v = model(x_t, 1000.0 * sigma, text, chunk_frames=chunk_frames, condition=condition)
     return x_t.float() - bcast(sigma) * v
 
 

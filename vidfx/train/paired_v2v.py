@@ -23,6 +23,13 @@ outputs (`vidfx.train.dmd`). Regression alone predicts the mean of the looks a n
 (smooth blobs where pixel art has blocks and neon edges thin lines); the DMD direction pushes each sample
 toward clips the teacher finds likely under the caption, while the regression keeps it the input's scene.
 
+A *source-conditioned* student (model in_dim = 2 · out_dim, `source_conditioned`) also takes the clean
+source latent in its extra input channels, at every step and in the cache write, as the live node gives it
+(vidfx.pipeline). Noised, the source keeps little of the scene at the strengths the looks need; beside the
+noised input it keeps all of it, and the student only has to restyle. It starts from an unconditioned
+student with those channels' weights at zero (`widen_input`: the same function at the first step); a
+share of clips (`condition_dropout`) sees zeros there, as text-to-video does.
+
 Scenes without a look (the plain source) pair with themselves under their own captions ("the original
 video"), so a neutral prompt keeps the input. Pairs are found through the dataset folder's captions.jsonl:
 entries with the same `source` file and clip index are one scene.
@@ -38,7 +45,8 @@ import torch
 
 from vidfx.model.wan_dit import CausalDiT
 from vidfx.sampling import chunk_sigmas
-from vidfx.train.config import PairedV2VConfig
+from vidfx.train.checkpoint import read_weights
+from vidfx.train.config import ModelSpec, PairedV2VConfig
 from vidfx.train.data import DataOrder, LatentDataset, read_captions
 from vidfx.train.distributed import Dist, autocast
 from vidfx.train.dmd import dmd_direction, dmd_loss, dmd_sigma, guided_x0
@@ -46,6 +54,7 @@ from vidfx.train.flow import bcast, flow_loss, noisy, per_chunk, predict_x0
 from vidfx.train.student_init import RegressionStage, chunk_mse
 from vidfx.train.teacher import check_text
 from vidfx.train.trainer import build_network
+from vidfx.weights import load_into
 
 
 def scene_pairs(
@@ -78,6 +87,23 @@ def scene_pairs(
     if not pairs:
         raise ValueError("no scene of the latent cache has a plain source clip (look null) to pair with")
     return sorted(pairs, key=lambda p: p[1])
+
+
+def source_conditioned(spec: ModelSpec) -> ModelSpec:
+    """The spec of a student that also takes the clean source latent: in_dim = 2 · out_dim."""
+    return ModelSpec(spec.preset, {**spec.overrides, "in_dim": 2 * spec.build().out_dim})
+
+
+def widen_input(state: Mapping[str, torch.Tensor], in_dim: int) -> dict[str, torch.Tensor]:
+    """A DiT state with its patch embedding zero-padded to `in_dim` input channels: the network computes
+    what it did, whatever the new channels hold, until training gives their weights a use."""
+    out = dict(state)
+    w = out["patch_embedding.weight"]  # (dim, in, pf, ph, pw)
+    if w.shape[1] > in_dim:
+        raise ValueError(f"the weights take {w.shape[1]} input channels, more than {in_dim}")
+    pad = w.new_zeros(w.shape[0], in_dim - w.shape[1], *w.shape[2:])
+    out["patch_embedding.weight"] = torch.cat([w, pad], dim=1)
+    return out
 
 
 def paired_inputs(
@@ -122,7 +148,9 @@ class PairedV2VStage(RegressionStage):
         self.data = LatentDataset(cfg.latents)
         self.pairs = scene_pairs(self.data.meta, cfg.videos or None, cfg.look_repeats)
         self.order = DataOrder(len(self.pairs), cfg.run.seed)
-        model = build_network(cfg.model, self.device, cfg.run.seed, cfg.init)
+        model = build_network(cfg.model, self.device, cfg.run.seed)
+        if cfg.init:  # an unconditioned student's weights also start a source-conditioned one
+            load_into(model, widen_input(read_weights(cfg.init), model.cfg.in_dim), cfg.init)
         check_text(self.data.text_shape, model.cfg.text_dim, model.cfg.text_len)
         self.model = model
         self.add_trainable("generator", model, cfg.optim, cfg.ema)
@@ -145,19 +173,24 @@ class PairedV2VStage(RegressionStage):
 
     def inputs(
         self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network input and its σ for a batch, drawn as the node draws them (module docstring)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The network input, its σ and its condition (the clean source, for a source-conditioned student;
+        else None) for a batch, drawn as the node draws them (module docstring)."""
         cfg: PairedV2VConfig = self.cfg
         source = batch[0]
         lo, hi = cfg.strengths
         strengths = lo + (hi - lo) * torch.rand(source.shape[0], generator=gen, device=gen.device)
-        return paired_inputs(
+        x, sigma = paired_inputs(
             source, batch[1], strengths, cfg.student_steps, cfg.shift, cfg.chunk_frames, cfg.first_step, gen
         )
+        if self.model.cfg.in_dim == self.model.cfg.out_dim:
+            return x, sigma, None
+        keep = torch.rand(source.shape[0], generator=gen, device=gen.device) >= cfg.condition_dropout
+        return x, sigma, source * keep.to(source.device, source.dtype).view(-1, 1, 1, 1, 1)
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-        x, sigma = self.inputs(batch, gen)
-        return self.regression_loss(x, sigma, batch[2], batch[1], self.cfg.chunk_frames)
+        x, sigma, condition = self.inputs(batch, gen)
+        return self.regression_loss(x, sigma, batch[2], batch[1], self.cfg.chunk_frames, condition)
 
     def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
         if self.real is None:
@@ -183,8 +216,8 @@ class PairedV2VStage(RegressionStage):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Regression + weight · DMD on the x₀ predictions of one draw of inputs."""
         _, target, text = batch
-        x, sigma = self.inputs(batch, gen)
-        x0 = self.predict(x, sigma, text, self.cfg.chunk_frames)
+        x, sigma, condition = self.inputs(batch, gen)
+        x0 = self.predict(x, sigma, text, self.cfg.chunk_frames, condition)
         regression = chunk_mse(x0, target, sigma)
         distribution = dmd_loss(x0, self.dmd_direction(x0.detach(), text, gen))
         loss = regression + self.cfg.dmd.weight * distribution
@@ -208,8 +241,8 @@ class PairedV2VStage(RegressionStage):
         """The fake score's flow-matching loss on the generator's x₀ of fresh inputs (no generator gradient)."""
         cfg = self.cfg.dmd
         with torch.no_grad():
-            x, sigma = self.inputs(batch, gen)
-            x0 = self.predict(x, sigma, batch[2], self.cfg.chunk_frames)
+            x, sigma, condition = self.inputs(batch, gen)
+            x0 = self.predict(x, sigma, batch[2], self.cfg.chunk_frames, condition)
         score_sigma = dmd_sigma((x0.shape[0],), gen, x0.device, self.cfg.shift, cfg.t_min, cfg.t_max)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)
         with autocast(self.run, self.device):

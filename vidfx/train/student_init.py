@@ -68,15 +68,28 @@ class RegressionStage(Stage):
     def batch(self, step: int) -> Any:
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    def predict(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        text: torch.Tensor,
+        chunk_frames: int,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The generator's block-causal x₀ prediction x − σ·v (with gradient)."""
         with autocast(self.run, self.device):
-            return predict_x0(self.model, x, sigma, text, chunk_frames)
+            return predict_x0(self.model, x, sigma, text, chunk_frames, condition)
 
     def regression_loss(
-        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, target: torch.Tensor, chunk_frames: int
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        text: torch.Tensor,
+        target: torch.Tensor,
+        chunk_frames: int,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return chunk_mse(self.predict(x, sigma, text, chunk_frames), target, sigma)
+        return chunk_mse(self.predict(x, sigma, text, chunk_frames, condition), target, sigma)
 
     def train_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
         loss = self.loss(self.batch(step), gen)
