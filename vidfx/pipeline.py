@@ -365,7 +365,7 @@ class StylePipeline:
         if request.params.fixed_noise:
             st.generator.manual_seed(request.params.seed)  # this chunk's draws (here and between steps) as the last's
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
-        source = z if self.dit.cfg.in_dim > self.dit.cfg.out_dim else None
+        source = z if self.dit.cfg.condition_dim == self.dit.cfg.out_dim else None  # a source-conditioned DiT
         return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, source)
 
     def _decode(self, p: _Prepared) -> np.ndarray:
@@ -410,8 +410,8 @@ class StylePipeline:
             )
 
         sigmas = group[0].sigmas
-        sources = [p.source for p in group]
-        source = torch.cat(sources) if all(z is not None for z in sources) else None  # type: ignore[arg-type]
+        sources = [p.source for p in group if p.source is not None]  # all or none: one DiT
+        source = torch.cat(sources) if sources else None
         x0 = x
         for i, sigma in enumerate(sigmas):
             t = torch.full((x.shape[0],), 1000.0 * sigma, device=x.device)

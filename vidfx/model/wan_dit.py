@@ -56,6 +56,11 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    @property
+    def condition_dim(self) -> int:
+        """Input channels beside the latent (in_dim − out_dim): out_dim for a source-conditioned model."""
+        return self.in_dim - self.out_dim
+
     @classmethod
     def preset(cls, name: str) -> DiTConfig:
         """Named architectures: `wan-1.3b` (Wan2.1-T2V-1.3B, CausVid, Self-Forcing) and `tiny` (2 CPU cores)."""
@@ -346,8 +351,8 @@ class CausalDiT(nn.Module):
         if condition is not None and condition.shape[1] != extra:
             raise ValueError(f"condition has {condition.shape[1]} channels, the model takes {extra} beside x")
         if extra > 0:
-            x = torch.cat([x, torch.zeros_like(x[:, :1]).expand(-1, extra, -1, -1, -1) if condition is None
-                           else condition.to(x.dtype)], dim=1)  # fmt: skip
+            b, _, f, h, w = x.shape
+            x = torch.cat([x, x.new_zeros(b, extra, f, h, w) if condition is None else condition.to(x.dtype)], dim=1)
         pf, ph, pw = self.cfg.patch_size
         if x.shape[2] % pf or x.shape[3] % ph or x.shape[4] % pw:
             raise ValueError(f"latent shape {tuple(x.shape[2:])} is not divisible by the patch {self.cfg.patch_size}")

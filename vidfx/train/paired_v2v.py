@@ -183,7 +183,7 @@ class PairedV2VStage(RegressionStage):
         x, sigma = paired_inputs(
             source, batch[1], strengths, cfg.student_steps, cfg.shift, cfg.chunk_frames, cfg.first_step, gen
         )
-        if self.model.cfg.in_dim == self.model.cfg.out_dim:
+        if self.model.cfg.condition_dim == 0:
             return x, sigma, None
         keep = torch.rand(source.shape[0], generator=gen, device=gen.device) >= cfg.condition_dropout
         return x, sigma, source * keep.to(source.device, source.dtype).view(-1, 1, 1, 1, 1)
