@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,31 @@ def test_train_autoencoder_command_on_a_video_folder(tmp_path: Path) -> None:
     assert batch.shape == (2, 3, 5, 32, 32) and -1 <= batch.min() < batch.max() <= 1
     assert args.func(args) == 0
     assert isinstance(load_autoencoder(out / "autoencoder.safetensors"), TinyAutoencoder)
+
+
+def test_look_repeats_draw_a_looks_clips_that_many_times_an_epoch(tmp_path: Path) -> None:
+    from vidfx.commands import train_autoencoder as command
+    from vidfx.data.looks import write_dataset
+
+    folder = tmp_path / "looks"
+    write_dataset(folder, num_clips=2, num_frames=5, size=(32, 32), looks=["thermal"], progress=False)
+    plain = command.video_clips(str(folder), 1, 5, 32, 16.0, 0, "cpu")
+    thermal = command.video_clips(str(folder), 1, 5, 32, 16.0, 0, "cpu", {"thermal": 3})
+
+    from vidfx.train.data import iter_clips
+
+    clips = iter_clips(folder, 5, 16.0, (32, 32), "all")
+    looks = [(c.look, ((c.frames + 1) * 127.5).round() / 127.5 - 1) for c in clips]  # as video_clips holds them
+
+    def draws(batches: Iterator[torch.Tensor], n: int) -> list[str | None]:
+        return [next(look for look, x in looks if torch.equal(b[0], x)) for b in islice(batches, n)]
+
+    # an epoch: 2 sources + 2 thermal clips, or 2 sources + 3·2 thermal draws
+    assert sorted(map(str, draws(plain, 4))) == ["None"] * 2 + ["thermal"] * 2
+    assert sorted(map(str, draws(thermal, 8))) == ["None"] * 2 + ["thermal"] * 6
+    assert command.parse_look_repeats(["thermal=3", "comic=1"]) == {"thermal": 3, "comic": 1}
+    for bad in ("thermal", "thermal=0", "thermal=x"):
+        with pytest.raises(ValueError, match="LOOK=N"):
+            command.parse_look_repeats([bad])
+    with pytest.raises(ValueError, match="does not have"):
+        next(command.video_clips(str(folder), 1, 5, 32, 16.0, 0, "cpu", {"comic": 2}))

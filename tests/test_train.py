@@ -35,7 +35,7 @@ from vidfx.train.data import DataOrder, LatentDataset, write_latent_cache
 from vidfx.train.dmd import DMDStage, dmd_direction, dmd_loss, rollout
 from vidfx.train.flow import drop_text, sample_sigma
 from vidfx.train.ode_pairs import OdePairs, generate_ode_pairs, merged_grid, teacher_trajectory
-from vidfx.train.paired_v2v import PairedV2VStage, paired_inputs, scene_pairs, source_conditioned, widen_input
+from vidfx.train.paired_v2v import PairedV2VStage, grow_state, paired_inputs, scene_pairs, source_conditioned
 from vidfx.train.student_init import StudentInitStage, chunk_mse, regression_inputs
 from vidfx.train.teacher import TeacherStage
 
@@ -333,18 +333,31 @@ def test_paired_inputs_noise_the_source_at_the_first_step_and_the_target_after()
     assert torch.equal(only_source, torch.full_like(only_source, float(levels[0])))
 
 
-def test_widened_input_computes_what_the_student_did_whatever_the_condition() -> None:
+def test_a_grown_student_computes_what_the_student_did_whatever_the_condition() -> None:
+    """More input channels (the source condition), a wider FFN and an extra block: the same function."""
     torch.manual_seed(0)
     student = random_dit(3)
-    wide = CausalDiT(source_conditioned(SPEC).build())
-    wide.load_state_dict(widen_input(student.state_dict(), wide.cfg.in_dim))
+    for block in student.blocks:  # non-zero residual branches, so a wrongly grown FFN would show
+        torch.nn.init.normal_(block.ffn[2].weight, std=0.05)
+    bigger = source_conditioned(SPEC)
+    bigger = ModelSpec(bigger.preset, {**bigger.overrides, "ffn_dim": 96, "num_layers": 3})
+    grown = CausalDiT(bigger.build())
+    fresh = grown.state_dict()
+    grown.load_state_dict(grow_state(student.state_dict(), fresh))
     x, text = torch.randn(2, *LATENT), torch.randn(2, *TEXT)
     t = torch.rand(2, LATENT[1]) * 1000
     with torch.no_grad():
         want = student(x, t, text, chunk_frames=2)
-        torch.testing.assert_close(wide(x, t, text, chunk_frames=2, condition=torch.randn_like(x)), want)
-    with pytest.raises(ValueError, match="more than"):
-        widen_input(wide.state_dict(), 4)
+        torch.testing.assert_close(grown(x, t, text, chunk_frames=2, condition=torch.randn_like(x)), want)
+    # the new FFN units and the new block keep a fresh init where it gives them gradients
+    assert grown.blocks[0].ffn[0].weight[SPEC.build().ffn_dim :].abs().sum() > 0
+    assert grown.blocks[2].self_attn.q.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="bigger than"):  # a network never shrinks
+        grow_state(CausalDiT(source_conditioned(SPEC).build()).state_dict(), student.state_dict())
+    with pytest.raises(ValueError, match="lacks"):
+        grow_state(grown.state_dict(), student.state_dict())
+    with pytest.raises(ValueError, match="lack"):
+        grow_state({k: v for k, v in student.state_dict().items() if k != "head.head.bias"}, fresh)
 
 
 def test_paired_v2v_teaches_the_student_a_look_it_applies_at_inference(tmp_path: Path) -> None:

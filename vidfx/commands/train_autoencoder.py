@@ -31,6 +31,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-only", action="store_true", help="train the decoder alone (latents stay as they are)")
     p.add_argument("--latent-noise", type=float, default=0.0,
                    help="decode latents + noise up to this many latent stds (robust, steadier decoder)")  # fmt: skip
+    p.add_argument("--look-repeats", nargs="*", default=[], metavar="LOOK=N",
+                   help="with --videos: draw the clips of these looks N times an epoch (the rest once)")  # fmt: skip
     p.add_argument("--stats-batches", type=int, default=32, help="batches for the latent mean/std")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -39,21 +41,47 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def parse_look_repeats(items: list[str]) -> dict[str, int]:
+    """["pixel_art=3", …] → {"pixel_art": 3}."""
+    out = {}
+    for item in items:
+        look, sep, n = item.partition("=")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--look-repeats takes LOOK=N with N ≥ 1, got {item!r}")
+        out[look] = int(n)
+    return out
+
+
 def video_clips(
-    folder: str, batch: int, frames: int, size: int, fps: float, seed: int, device: str
+    folder: str,
+    batch: int,
+    frames: int,
+    size: int,
+    fps: float,
+    seed: int,
+    device: str,
+    look_repeats: dict[str, int] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches (B, 3, T, H, W) of every clip in a video folder, held as uint8 in memory."""
+    """Endless shuffled batches (B, 3, T, H, W) of every clip in a video folder, held as uint8 in memory;
+    a clip in a look of `look_repeats` is drawn that many times an epoch."""
     from vidfx.train.data import iter_clips
 
-    clips = [
-        ((c.frames + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W): a quarter of the float memory
-        for c in iter_clips(folder, frames, fps, (size, size), split="all")
-    ]
+    repeats = look_repeats or {}
+    clips: list[torch.Tensor] = []
+    order_of: list[int] = []  # an epoch's draws: clip indices, repeated
+    looks: set[str] = set()
+    for c in iter_clips(folder, frames, fps, (size, size), split="all"):
+        clips.append(((c.frames + 1) * 127.5).round().to(torch.uint8))  # (3, T, H, W): a quarter of float's memory
+        order_of.extend([len(clips) - 1] * repeats.get(c.look or "", 1))
+        looks.add(c.look or "")
+    unknown = set(repeats) - looks
+    if unknown:
+        raise ValueError(f"--look-repeats names looks {folder} does not have: {sorted(unknown)}")
     if not clips:
         raise ValueError(f"{folder}: no clip of {frames} frames in its videos")
     gen = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(clips), generator=gen).tolist()
+        order = [order_of[k] for k in torch.randperm(len(order_of), generator=gen).tolist()]
         for i in range(0, len(order) - batch + 1, batch):
             x = torch.stack([clips[j] for j in order[i : i + batch]]).to(device)
             yield x.float() / 127.5 - 1.0
@@ -61,7 +89,8 @@ def video_clips(
 
 def clip_source(args: argparse.Namespace, seed: int) -> Iterator[torch.Tensor]:
     if args.videos:
-        return video_clips(args.videos, args.batch, args.frames, args.size, args.fps, seed, args.device)
+        repeats = parse_look_repeats(args.look_repeats)
+        return video_clips(args.videos, args.batch, args.frames, args.size, args.fps, seed, args.device, repeats)
     return procedural_clips(args.batch, args.frames, args.size, seed=seed, device=args.device)
 
 

@@ -27,7 +27,7 @@ A *source-conditioned* student (model in_dim = 2 · out_dim, `source_conditioned
 source latent in its extra input channels, at every step and in the cache write, as the live node gives it
 (vidfx.pipeline). Noised, the source keeps little of the scene at the strengths the looks need; beside the
 noised input it keeps all of it, and the student only has to restyle. It starts from an unconditioned
-student with those channels' weights at zero (`widen_input`: the same function at the first step); a
+student with those channels' weights at zero (`grow_state`: the same function at the first step); a
 share of clips (`condition_dropout`) sees zeros there, as text-to-video does.
 
 Scenes without a look (the plain source) pair with themselves under their own captions ("the original
@@ -94,15 +94,34 @@ def source_conditioned(spec: ModelSpec) -> ModelSpec:
     return ModelSpec(spec.preset, {**spec.overrides, "in_dim": 2 * spec.build().out_dim})
 
 
-def widen_input(state: Mapping[str, torch.Tensor], in_dim: int) -> dict[str, torch.Tensor]:
-    """A DiT state with its patch embedding zero-padded to `in_dim` input channels: the network computes
-    what it did, whatever the new channels hold, until training gives their weights a use."""
-    out = dict(state)
-    w = out["patch_embedding.weight"]  # (dim, in, pf, ph, pw)
-    if w.shape[1] > in_dim:
-        raise ValueError(f"the weights take {w.shape[1]} input channels, more than {in_dim}")
-    pad = w.new_zeros(w.shape[0], in_dim - w.shape[1], *w.shape[2:])
-    out["patch_embedding.weight"] = torch.cat([w, pad], dim=1)
+# Parameters whose *input* side grows with the network (new input channels / FFN units): the added slice is
+# zero, so whatever those inputs hold adds nothing. A new block's output projections are zero for the same
+# reason: its residual branches add nothing, and the block is the identity until training gives it a use.
+_ZERO_NEW_INPUTS = ("patch_embedding.weight", ".ffn.2.weight")
+_NEW_BLOCK_OUTPUTS = (".self_attn.o.", ".cross_attn.o.", ".ffn.2.")
+
+
+def grow_state(state: Mapping[str, torch.Tensor], fresh: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A trained DiT state grown into a bigger network's shapes (`fresh`: that network's initial state): more
+    input channels (a source condition), a wider FFN, more blocks. The grown network computes what the
+    trained one did, whatever the new channels hold: new input weights and new blocks' output projections
+    are zero, new FFN units' input weights keep their fresh initialisation (so they get gradients)."""
+    unknown = set(state) - set(fresh)
+    if unknown:
+        raise ValueError(f"the weights have parameters the network lacks: {sorted(unknown)[:4]}")
+    out: dict[str, torch.Tensor] = {}
+    for name, init in fresh.items():
+        old = state.get(name)
+        if old is None:  # a block the trained network did not have
+            if not name.startswith("blocks."):
+                raise ValueError(f"the weights lack {name}")
+            out[name] = torch.zeros_like(init) if any(k in name for k in _NEW_BLOCK_OUTPUTS) else init.clone()
+            continue
+        if any(a > b for a, b in zip(old.shape, init.shape, strict=True)):
+            raise ValueError(f"{name}: the weights' shape {tuple(old.shape)} is bigger than {tuple(init.shape)}")
+        grown = torch.zeros_like(init) if name.endswith(_ZERO_NEW_INPUTS) else init.clone()
+        grown[tuple(slice(0, n) for n in old.shape)] = old.to(init.dtype)
+        out[name] = grown
     return out
 
 
@@ -149,8 +168,8 @@ class PairedV2VStage(RegressionStage):
         self.pairs = scene_pairs(self.data.meta, cfg.videos or None, cfg.look_repeats)
         self.order = DataOrder(len(self.pairs), cfg.run.seed)
         model = build_network(cfg.model, self.device, cfg.run.seed)
-        if cfg.init:  # an unconditioned student's weights also start a source-conditioned one
-            load_into(model, widen_input(read_weights(cfg.init), model.cfg.in_dim), cfg.init)
+        if cfg.init:  # a smaller student's weights also start a bigger or source-conditioned one
+            load_into(model, grow_state(read_weights(cfg.init), model.state_dict()), cfg.init)
         check_text(self.data.text_shape, model.cfg.text_dim, model.cfg.text_len)
         self.model = model
         self.add_trainable("generator", model, cfg.optim, cfg.ema)
