@@ -24,7 +24,11 @@ dest=${1:-vidfx/weights/default}
 "$vidfx" train ablation --config "$config" --set 'stages=["paired_source"]' --set threads=2
 "$vidfx" train-autoencoder runs/ae_dec --videos data/looks --init runs/ae/autoencoder.safetensors \
   --decoder-only --latent-noise 0.5 --steps 600 --lr 3e-4   # a steadier decoder, same latents
-"$vidfx" train export --config "$config" --variant paired_source --autoencoder runs/ae_dec/autoencoder.safetensors \
+# then a sharper one (less latent noise; more pencil and pixel-art clips, whose fine strokes and blocks the
+# steadier decoder smoothed away), still the same latents
+"$vidfx" train-autoencoder runs/ae_dec2 --videos data/looks --init runs/ae_dec/autoencoder.safetensors \
+  --decoder-only --latent-noise 0.2 --look-repeats pixel_art=2 pencil_sketch=2 --steps 800 --lr 3e-4
+"$vidfx" train export --config "$config" --variant paired_source --autoencoder runs/ae_dec2/autoencoder.safetensors \
   --to "$dest" \
   --looks pencil_sketch thermal watercolor vintage_sepia comic night_vision
 .venv/bin/vidfx eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"
