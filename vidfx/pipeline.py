@@ -227,6 +227,7 @@ class StylePipeline:
         text: TextEncoder,
         settings: ModelSettings,
         name: str = "",
+        looks: tuple[str, ...] = (),
     ) -> None:
         if text.text_dim != dit.cfg.text_dim or text.max_tokens > dit.cfg.text_len:
             raise ValueError(
@@ -244,6 +245,7 @@ class StylePipeline:
         self.embeddings = PromptEmbeddings(text, capacity=256)
         self.settings = settings
         self.name = name
+        self.looks = looks  # prompts of the looks the model is known to render (its card's); () if unknown
         self.latent_hw = (settings.height // autoencoder.spatial_factor, settings.width // autoencoder.spatial_factor)
 
     # -- geometry ------------------------------------------------------------------------------------------
@@ -472,9 +474,17 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
     return dit, ae, text
 
 
-def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
-    """A weights folder: `model.json` ({"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}}}),
-    `dit.safetensors` and `autoencoder.safetensors` (any autoencoder `load_autoencoder` reads)."""
+def look_prompts(looks: list[str]) -> tuple[str, ...]:
+    """model.json `looks` (look names of vidfx.data.looks, e.g. "thermal") → their prompts ("thermal camera")."""
+    from vidfx.data.looks import LOOKS
+
+    return tuple(LOOKS[look].captions[0] if look in LOOKS else look.replace("_", " ") for look in looks)
+
+
+def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder, tuple[str, ...]]:
+    """A weights folder: `model.json` ({"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}},
+    optionally "looks": the looks its card claims}), `dit.safetensors` and `autoencoder.safetensors` (any
+    autoencoder `load_autoencoder` reads)."""
     from vidfx.autoencoder.loading import load_autoencoder
     from vidfx.text.small import HashTextEncoder
 
@@ -492,22 +502,23 @@ def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder
     if text_meta.get("kind") != "hash":
         raise CheckpointError(f"{folder}: text encoder kind {text_meta.get('kind')!r} is not supported here yet")
     text_cfg = {"text_dim": dit.cfg.text_dim, "max_tokens": dit.cfg.text_len, **text_meta.get("config", {})}
-    return dit, ae, HashTextEncoder(**text_cfg)
+    return dit, ae, HashTextEncoder(**text_cfg), look_prompts(list(meta.get("looks", [])))
 
 
 def load_pipeline(settings: ModelSettings) -> StylePipeline:
     """The one loader: a model name ("tiny-random", "default") or a weights folder → a ready pipeline."""
     name = MODEL_ALIASES.get(settings.name, settings.name)
+    looks: tuple[str, ...] = ()
     if name == "tiny-random":
         dit, ae, text = _tiny_random(settings)
     elif Path(name).is_dir():
-        dit, ae, text = _from_folder(Path(name))
+        dit, ae, text, looks = _from_folder(Path(name))
     else:
         raise ValueError(f"unknown model {settings.name!r}: use tiny-random, default, or a weights folder")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
     dit = dit.to(settings.device, dtype)
     ae = ae.to(settings.device)
-    return StylePipeline(dit, ae, text, settings, name=settings.name)
+    return StylePipeline(dit, ae, text, settings, name=settings.name, looks=looks)
 
 
 def sigma_schedule_summary(params: StreamParams) -> list[float]:
