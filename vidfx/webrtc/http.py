@@ -89,7 +89,7 @@ async def config(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     s = gw.settings
     engine = gw.engine
-    looks = list((getattr(engine.pipeline, "looks", ()) if engine else ()) or DEFAULT_LOOKS)  # the model card's, if any
+    looks = list(getattr(engine.pipeline, "looks", None) or DEFAULT_LOOKS) if engine else list(DEFAULT_LOOKS)
     body: dict[str, Any] = {
         "auth_required": gw.token is not None,
         "authorised": _authorised(request),
