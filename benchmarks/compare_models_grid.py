@@ -40,9 +40,9 @@ def main() -> None:
         name, _, folder = entry.partition("=")
         pipe = load_pipeline(ModelSettings(name=folder or name))
         cells = [source]
+        base = StreamParams.from_settings(pipe.settings, StreamSettings())
         for look in LOOKS:
-            params = StreamParams.from_settings(pipe.settings, StreamSettings())
-            params = params.with_(prompts=((prompt_for(look), 1.0),))
+            params = base.with_(prompts=((prompt_for(look), 1.0),))
             out = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in scene.source), params)))
             cells.append((look, out[k]))
         rows.append((name, cells))

@@ -476,9 +476,9 @@ def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, 
 
 def look_prompts(looks: list[str]) -> tuple[str, ...]:
     """model.json `looks` (look names of vidfx.data.looks, e.g. "thermal") → their prompts ("thermal camera")."""
-    from vidfx.data.looks import LOOKS
+    from vidfx.data.looks import LOOKS, prompt_for
 
-    return tuple(LOOKS[look].captions[0] if look in LOOKS else look.replace("_", " ") for look in looks)
+    return tuple(prompt_for(look) if look in LOOKS else look.replace("_", " ") for look in looks)
 
 
 def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder, tuple[str, ...]]:

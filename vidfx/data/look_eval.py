@@ -29,7 +29,7 @@ import torch
 
 from vidfx.config import StreamSettings
 from vidfx.data.look_classifier import LookClassifier, predict
-from vidfx.data.looks import LOOKS, make_clip
+from vidfx.data.looks import LOOKS, make_clip, prompt_for
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import StreamParams, StylePipeline
 from vidfx.train.eval import mean_frame_difference, structure_kept
@@ -53,11 +53,6 @@ def coarse_change(x: torch.Tensor, block: int = 8) -> float:
     b, c, t, h, w = x.shape
     pooled = torch.nn.functional.avg_pool2d(x.transpose(1, 2).reshape(b * t, c, h, w), block, ceil_mode=True)
     return mean_frame_difference(pooled.reshape(b, t, c, *pooled.shape[-2:]).transpose(1, 2)) / 2
-
-
-def prompt_for(look: str) -> str:
-    """The look's name as its captions first give it ("thermal camera", "comic book style")."""
-    return LOOKS[look].captions[0]
 
 
 def _clip_tensor(frames: np.ndarray) -> torch.Tensor:

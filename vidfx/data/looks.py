@@ -337,6 +337,11 @@ SOURCE_CAPTIONS = (
 )
 
 
+def prompt_for(look: str) -> str:
+    """The look's name as its captions first give it ("thermal camera", "comic book style")."""
+    return LOOKS[look].captions[0]
+
+
 def stylize(frames: np.ndarray, look: str, seed: int = 0) -> np.ndarray:
     """One look applied to uint8 frames (T, H, W, 3) -> uint8 (T, H, W, 3)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
