@@ -93,10 +93,10 @@ def look_grid(pipe, path: Path, columns: int = 6) -> None:  # type: ignore[no-un
         src = Path(tmp) / "in.mov"
         with VideoWriter(src, clip.shape[1:3], Fraction(16), codec="png") as writer:
             writer.write(clip)
-        for look in LOOKS:
-            dst = Path(tmp) / f"{look}.mov"
-            stylize_video(pipe, src, dst, StreamParams(prompts=((prompt_for(look), 1.0),)), codec="png")
-            videos.append((look.replace("_", " "), read_video(dst)))
+        for i, prompt in enumerate(pipe.looks or [prompt_for(look) for look in LOOKS]):  # its card's looks
+            dst = Path(tmp) / f"{i}.mov"
+            stylize_video(pipe, src, dst, StreamParams(prompts=((prompt, 1.0),)), codec="png")
+            videos.append((prompt, read_video(dst)))
     save_image_grid(path, [(name, [(f"frame {t}", frames[t]) for t in picks]) for name, frames in videos])
 
 

@@ -23,15 +23,15 @@ import torch
 from vidfx.benchmarking.results import update_section
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier
-from vidfx.data.look_eval import evaluate_looks, prompt_for
-from vidfx.data.looks import LOOKS, make_clip
+from vidfx.data.look_eval import classifier_looks, evaluate_looks, prompt_for
+from vidfx.data.looks import make_clip
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
 from vidfx.plots import save_image_grid
 from vidfx.sampling import DEFAULT_SHIFT, shift_sigma
 
 HERE = Path(__file__).resolve().parent
-GRID_LOOKS = ("pixel_art", "thermal", "comic", "neon_edges")
+GRID_LOOKS = ("pencil_sketch", "thermal", "watercolor", "comic")
 MEASURES = ("accuracy", "structure_kept", "target_psnr", "flicker_ratio")
 
 
@@ -58,7 +58,7 @@ def plot(results: dict, path: Path) -> None:
 
     strengths = [row["strength"] for row in results["rows"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for look in LOOKS:
+    for look in results["looks"]:
         ax1.plot(strengths, [100 * row["looks"][look]["accuracy"] for row in results["rows"]], "o-", label=look)
     ax1.axhline(80, color="k", lw=0.8, ls="--")
     ax1.set(xlabel="strength", ylabel="classifier names the look (% of windows)", title="look")
@@ -85,7 +85,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(ModelSettings(name=args.model))
     classifier = load_look_classifier(DEFAULT_CLASSIFIER)
-    results: dict = {"model": args.model, "steps": list(pipe.settings.steps), "clips": args.clips, "rows": []}
+    results: dict = {"model": args.model, "steps": list(pipe.settings.steps), "clips": args.clips,
+                     "looks": classifier_looks(classifier), "rows": []}
     for i, strength in enumerate(args.strengths):
         scores = evaluate_looks(pipe, classifier, clips=args.clips, seed=args.seed, strength=strength)
         row = {"strength": strength, "sigma": float(shift_sigma(strength, DEFAULT_SHIFT))}
@@ -100,7 +101,7 @@ def main() -> None:
     plot(results, HERE / "default_strength.png")
     strength_grid(pipe, [s for s in args.strengths if s >= 0.1][:5], HERE / "default_strength_grid.png")
 
-    looks = list(LOOKS)
+    looks = results["looks"]
     lines = [
         "## Default model: strength sweep",
         "",

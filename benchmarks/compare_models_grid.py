@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from vidfx.config import ModelSettings, StreamSettings
-from vidfx.data.look_eval import prompt_for
-from vidfx.data.looks import LOOKS, make_clip
+from vidfx.data.look_classifier import load_look_classifier
+from vidfx.data.look_eval import classifier_looks, prompt_for
+from vidfx.data.looks import make_clip
 from vidfx.offline import stylize_frames
-from vidfx.pipeline import StreamParams, load_pipeline
+from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
 from vidfx.plots import GridRow, save_image_grid
 
 
@@ -32,16 +33,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    scene = make_clip(args.seed, args.clip, num_frames=33, size=(128, 128), looks=list(LOOKS))
+    looks = classifier_looks(load_look_classifier(DEFAULT_CLASSIFIER))  # the dataset's
+    scene = make_clip(args.seed, args.clip, num_frames=33, size=(128, 128), looks=looks)
     k = args.frame
     source = ("input", scene.source[k])
-    rows: list[GridRow] = [("dataset's look", [source] + [(look, scene.styled[look][k]) for look in LOOKS])]
+    rows: list[GridRow] = [("dataset's look", [source] + [(look, scene.styled[look][k]) for look in looks])]
     for entry in args.models:
         name, _, folder = entry.partition("=")
         pipe = load_pipeline(ModelSettings(name=folder or name))
         cells = [source]
         base = StreamParams.from_settings(pipe.settings, StreamSettings())
-        for look in LOOKS:
+        for look in looks:
             params = base.with_(prompts=((prompt_for(look), 1.0),))
             out = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in scene.source), params)))
             cells.append((look, out[k]))

@@ -264,3 +264,30 @@ def test_dataset_command_and_contact_sheet(tmp_path: Path):
     assert len(read_manifest(tmp_path / "ds")) == 2
     img = matplotlib.image.imread(sheet)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300
+
+
+def test_dataset_of_chosen_looks_gives_a_classifier_of_those_looks(tmp_path: Path):
+    """`vidfx dataset --looks …` (the default model's six): its files, contact sheet and classifier know only
+    those looks, and the look evaluation judges exactly them."""
+    import argparse
+
+    import matplotlib.image
+
+    from vidfx.commands import dataset
+    from vidfx.data.look_classifier import load_look_classifier
+    from vidfx.data.look_eval import classifier_looks
+
+    parser = argparse.ArgumentParser()
+    dataset.register(parser)
+    sheets = {}
+    for name, looks in (("two", ["thermal", "comic"]), ("all", list(LOOKS))):
+        sheets[name] = tmp_path / f"{name}.png"
+        args = parser.parse_args([str(tmp_path / name), "--num-clips", "3", "--frames", "5", "--size", "32", "32",
+                                  "--looks", *looks, "--contact-sheet", str(sheets[name]),
+                                  *(["--classifier", str(tmp_path / "cls.safetensors"), "--classifier-steps", "2",
+                                     "--classifier-clips", "3"] if name == "two" else [])])  # fmt: skip
+        assert args.func(args) == 0
+    assert {r["look"] for r in read_manifest(tmp_path / "two")} == {None, "thermal", "comic"}
+    assert classifier_looks(load_look_classifier(tmp_path / "cls.safetensors")) == ["thermal", "comic"]
+    two, everything = (matplotlib.image.imread(sheets[k]) for k in ("two", "all"))
+    assert two.shape[1] < everything.shape[1] / 2  # source + 2 looks against source + all of them

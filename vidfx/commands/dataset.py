@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             num_clips=6,
             size=(h, w),
             num_frames=args.frames,
+            looks=info.looks,
         )
         print(f"contact sheet: {sheet}")
     if args.classifier:

@@ -29,7 +29,7 @@ import torch
 
 from vidfx.config import StreamSettings
 from vidfx.data.look_classifier import LookClassifier, predict
-from vidfx.data.looks import LOOKS, make_clip, prompt_for
+from vidfx.data.looks import make_clip, prompt_for
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import StreamParams, StylePipeline
 from vidfx.train.eval import mean_frame_difference, structure_kept
@@ -69,18 +69,25 @@ def look_windows(video: np.ndarray, frames: int, size: int) -> torch.Tensor:
     return x[: n * frames].reshape(n, frames, *x.shape[1:])
 
 
+def classifier_looks(classifier: LookClassifier) -> list[str]:
+    """The looks a classifier tells apart: those of the dataset it was trained on."""
+    return [c for c in classifier.config.classes if c != "none"]
+
+
 def evaluate_looks(
     pipe: StylePipeline,
     classifier: LookClassifier,
-    looks: Sequence[str] = tuple(LOOKS),
+    looks: Sequence[str] | None = None,
     clips: int = 4,
     frames: int = 33,
     size: tuple[int, int] = (128, 128),
     strength: float | None = None,
     seed: int = 1001,  # vidfx dataset's default is 0; another seed is another stream of scenes
 ) -> list[LookScore]:
-    """One `LookScore` per look over `clips` held-out scenes (see the module docstring)."""
+    """One `LookScore` per look (default: every look the classifier knows, i.e. its dataset's) over `clips`
+    held-out scenes (see the module docstring)."""
     cfg = classifier.config
+    looks = classifier_looks(classifier) if looks is None else list(looks)
     scenes = [make_clip(seed, i, num_frames=frames, size=size, looks=list(looks)) for i in range(clips)]
     scores = []
     for look in looks:

@@ -603,16 +603,18 @@ def contact_sheet(
     num_frames: int = 17,
     indices: Sequence[int] | None = None,
     dpi: int = 100,
+    looks: Sequence[str] | None = None,
 ) -> Path:
-    """A PNG grid for people to look at: one row per clip (its middle frame), the source then each look.
-    Rows are clips `indices` of the stream of `seed` (default: the first `num_clips`)."""
+    """A PNG grid for people to look at: one row per clip (its middle frame), the source then each look
+    (default: all). Rows are clips `indices` of the stream of `seed` (default: the first `num_clips`)."""
     from vidfx.plots import save_image_grid
 
     indices = list(range(num_clips)) if indices is None else list(indices)
     mid = num_frames // 2
     rows = []
     for i in indices:
-        clip = make_clip(seed, i, num_frames, size)
-        cells = [("source", clip.source[mid])] + [(name.replace("_", " "), clip.styled[name][mid]) for name in LOOKS]
+        clip = make_clip(seed, i, num_frames, size, looks=looks)
+        styled = [(name.replace("_", " "), frames[mid]) for name, frames in clip.styled.items()]
+        cells = [("source", clip.source[mid]), *styled]
         rows.append((f"clip {clip.index}", cells))
     return save_image_grid(path, rows, title=f"vidfx looks: seed {seed}, frame {mid} of {num_frames}", dpi=dpi)
