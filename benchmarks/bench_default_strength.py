@@ -23,7 +23,7 @@ import torch
 from vidfx.benchmarking.results import update_section
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier
-from vidfx.data.look_eval import classifier_looks, evaluate_looks, prompt_for
+from vidfx.data.look_eval import evaluate_looks, prompt_for
 from vidfx.data.looks import make_clip
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
@@ -86,7 +86,7 @@ def main() -> None:
     pipe = load_pipeline(ModelSettings(name=args.model))
     classifier = load_look_classifier(DEFAULT_CLASSIFIER)
     results: dict = {"model": args.model, "steps": list(pipe.settings.steps), "clips": args.clips,
-                     "looks": classifier_looks(classifier), "rows": []}
+                     "looks": list(classifier.config.looks), "rows": []}
     for i, strength in enumerate(args.strengths):
         scores = evaluate_looks(pipe, classifier, clips=args.clips, seed=args.seed, strength=strength)
         row = {"strength": strength, "sigma": float(shift_sigma(strength, DEFAULT_SHIFT))}

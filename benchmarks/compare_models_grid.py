@@ -16,7 +16,7 @@ import torch
 
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier
-from vidfx.data.look_eval import classifier_looks, prompt_for
+from vidfx.data.look_eval import prompt_for
 from vidfx.data.looks import make_clip
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    looks = classifier_looks(load_look_classifier(DEFAULT_CLASSIFIER))  # the dataset's
+    looks = list(load_look_classifier(DEFAULT_CLASSIFIER).config.looks)  # the dataset's
     scene = make_clip(args.seed, args.clip, num_frames=33, size=(128, 128), looks=looks)
     k = args.frame
     source = ("input", scene.source[k])

@@ -22,6 +22,7 @@ from vidfx.data.look_classifier import (
 )
 from vidfx.data.looks import (
     LOOKS,
+    contact_sheet,
     dataset_pairs,
     iter_clips,
     iter_pairs,
@@ -267,27 +268,24 @@ def test_dataset_command_and_contact_sheet(tmp_path: Path):
 
 
 def test_dataset_of_chosen_looks_gives_a_classifier_of_those_looks(tmp_path: Path):
-    """`vidfx dataset --looks …` (the default model's six): its files, contact sheet and classifier know only
-    those looks, and the look evaluation judges exactly them."""
+    """`vidfx dataset --looks …`: its files, contact sheet and classifier know only those looks (and the
+    classifier's `looks` are what `vidfx eval` judges by default)."""
     import argparse
 
     import matplotlib.image
 
     from vidfx.commands import dataset
     from vidfx.data.look_classifier import load_look_classifier
-    from vidfx.data.look_eval import classifier_looks
 
     parser = argparse.ArgumentParser()
     dataset.register(parser)
-    sheets = {}
-    for name, looks in (("two", ["thermal", "comic"]), ("all", list(LOOKS))):
-        sheets[name] = tmp_path / f"{name}.png"
-        args = parser.parse_args([str(tmp_path / name), "--num-clips", "3", "--frames", "5", "--size", "32", "32",
-                                  "--looks", *looks, "--contact-sheet", str(sheets[name]),
-                                  *(["--classifier", str(tmp_path / "cls.safetensors"), "--classifier-steps", "2",
-                                     "--classifier-clips", "3"] if name == "two" else [])])  # fmt: skip
-        assert args.func(args) == 0
-    assert {r["look"] for r in read_manifest(tmp_path / "two")} == {None, "thermal", "comic"}
-    assert classifier_looks(load_look_classifier(tmp_path / "cls.safetensors")) == ["thermal", "comic"]
-    two, everything = (matplotlib.image.imread(sheets[k]) for k in ("two", "all"))
-    assert two.shape[1] < everything.shape[1] / 2  # source + 2 looks against source + all of them
+    sheet, classifier = tmp_path / "two.png", tmp_path / "cls.safetensors"
+    args = parser.parse_args([str(tmp_path / "ds"), "--num-clips", "3", "--frames", "5", "--size", "32", "32",
+                              "--looks", "thermal", "comic", "--contact-sheet", str(sheet), "--classifier",
+                              str(classifier), "--classifier-steps", "2", "--classifier-clips", "3"])  # fmt: skip
+    assert args.func(args) == 0
+    assert {r["look"] for r in read_manifest(tmp_path / "ds")} == {None, "thermal", "comic"}
+    assert load_look_classifier(classifier).config.looks == ("thermal", "comic")
+    everything = contact_sheet(tmp_path / "all.png", num_clips=6, size=(32, 32), num_frames=5)  # as the command
+    two, every = matplotlib.image.imread(sheet), matplotlib.image.imread(everything)
+    assert two.shape[1] < every.shape[1] / 2  # source + 2 looks against source + all of them

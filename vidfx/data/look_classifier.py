@@ -40,6 +40,11 @@ class LookClassifierConfig:
     stem_stride: int = 2  # the stem is a (2 stride)^2 patch convolution: every pixel is seen once or more
     embed_dim: int = 128  # width of `features`
 
+    @property
+    def looks(self) -> tuple[str, ...]:
+        """The looks it tells apart, those of the dataset it was trained on: every class but the source."""
+        return tuple(c for c in self.classes if c != "none")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

@@ -69,11 +69,6 @@ def look_windows(video: np.ndarray, frames: int, size: int) -> torch.Tensor:
     return x[: n * frames].reshape(n, frames, *x.shape[1:])
 
 
-def classifier_looks(classifier: LookClassifier) -> list[str]:
-    """The looks a classifier tells apart: those of the dataset it was trained on."""
-    return [c for c in classifier.config.classes if c != "none"]
-
-
 def evaluate_looks(
     pipe: StylePipeline,
     classifier: LookClassifier,
@@ -87,8 +82,8 @@ def evaluate_looks(
     """One `LookScore` per look (default: every look the classifier knows, i.e. its dataset's) over `clips`
     held-out scenes (see the module docstring)."""
     cfg = classifier.config
-    looks = classifier_looks(classifier) if looks is None else list(looks)
-    scenes = [make_clip(seed, i, num_frames=frames, size=size, looks=list(looks)) for i in range(clips)]
+    looks = list(cfg.looks if looks is None else looks)
+    scenes = [make_clip(seed, i, num_frames=frames, size=size, looks=looks) for i in range(clips)]
     scores = []
     for look in looks:
         params = StreamParams.from_settings(pipe.settings, StreamSettings()).with_(prompts=((prompt_for(look), 1.0),))
