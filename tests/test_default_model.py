@@ -51,6 +51,8 @@ def test_default_is_the_shipped_model_within_budget(pipe) -> None:  # type: igno
     assert recipe["paired_v2v_steps"] > 0 and recipe["paired_source_steps"] > 0
     assert pipe.dit.cfg.in_dim == 2 * pipe.dit.cfg.out_dim
     assert set(CLAIMED) <= set(LOOKS) and len(CLAIMED) >= 6
+    # trained on the looks it claims: its dataset's classifier knows those and no others
+    assert list(load_look_classifier(DEFAULT_CLASSIFIER).config.looks) == CLAIMED
     assert pipe.looks == tuple(prompt_for(look) for look in CLAIMED)  # what the page offers as chips
 
 
