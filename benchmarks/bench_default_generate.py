@@ -24,21 +24,12 @@ from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier, predict
 from vidfx.data.look_eval import look_windows, prompt_for
 from vidfx.data.looks import make_clip
-from vidfx.offline import generated_chunks
+from vidfx.offline import generate_frames
 from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Default model: text-to-video and image-to-video"
-
-
-def generate(pipe, params: StreamParams, frames: int, image: np.ndarray | None) -> np.ndarray:  # type: ignore[no-untyped-def]
-    size = (pipe.settings.height, pipe.settings.width)
-    state = pipe.new_stream_state(params)
-    chunks = [
-        pipe.generate_chunk(state, size, image=image if c == 0 else None, pts_us=0)
-        for c in range(generated_chunks(pipe, frames / 16.0, 16.0))
-    ]
-    return np.concatenate(chunks)[:frames]
+FPS = 16.0  # the training clips'
 
 
 def main() -> None:
@@ -61,7 +52,8 @@ def main() -> None:
             for seed in range(args.seeds):
                 image = make_clip(1001, seed, num_frames=1, size=size, looks=[]).source[0] if mode == "image" else None
                 params = base.with_(prompts=((prompt_for(look), 1.0),), seed=seed)
-                out = generate(pipe, params, args.frames, image)
+                chunks = generate_frames(pipe, params, args.frames / FPS, FPS, image=image)
+                out = np.concatenate(list(chunks))[: args.frames]
                 pred = predict(classifier, look_windows(out, classifier.config.frames, classifier.config.size))
                 hits += int((pred == classifier.config.classes.index(look)).sum())
                 windows += len(pred)
@@ -75,9 +67,9 @@ def main() -> None:
         HEADING,
         "",
         f"`python benchmarks/bench_default_generate.py` — model `{args.model}`, {args.seeds} seeds × {args.frames} "
-        "frames a look at 128×128, each look's first caption as the prompt; image-to-video starts from the first "
-        "frame of a held-out scene (seed 1001). Cells: share of 4-frame windows the look classifier names the "
-        "asked look.",
+        f"frames a look at {size[0]}×{size[1]}, each look's first caption as the prompt; image-to-video starts "
+        "from the first frame of a held-out scene (seed 1001). Cells: share of "
+        f"{classifier.config.frames}-frame windows the look classifier names the asked look.",
         "",
         "| look | text-to-video | image-to-video |",
         "|---|---|---|",

@@ -183,6 +183,30 @@ def generated_chunks(pipe: StylePipeline, seconds: float, fps: float) -> int:
     return 1 + max(0, math.ceil((seconds * fps - first) / later))
 
 
+def generate_frames(
+    pipe: StylePipeline,
+    params: StreamParams,
+    seconds: float,
+    fps: float = 16.0,
+    size: tuple[int, int] | None = None,
+    image: np.ndarray | None = None,
+) -> Iterator[np.ndarray]:
+    """Text-to-video (or image-to-video with `image` as the first frame and context): uint8 (T, H, W, 3)
+    chunks of one stream, `generated_chunks` of them; `size` (H, W) defaults to the image's size, else the
+    model resolution."""
+    if seconds <= 0 or fps <= 0:
+        raise ValueError("seconds and fps must be positive")
+    if size is None:
+        size = (image.shape[0], image.shape[1]) if image is not None else (pipe.settings.height, pipe.settings.width)
+    state = pipe.new_stream_state(params)
+    written = 0
+    for c in range(generated_chunks(pipe, seconds, fps)):
+        # With an image, the first chunk is that image alone (one latent frame), then generation goes on.
+        out = pipe.generate_chunk(state, size, image=image if c == 0 else None, pts_us=int(written / fps * 1e6))
+        written += len(out)
+        yield out
+
+
 def generate_video(
     pipe: StylePipeline,
     dst: str | Path,
@@ -195,26 +219,21 @@ def generate_video(
     crf: int = 18,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Text-to-video (or image-to-video with `image` as the first frame and context) for `seconds`.
-
-    The clip holds 1 + k·(chunks·n − 1) frames, the shortest such length ≥ seconds·fps; `size` (H, W)
-    defaults to the image's size, else the model resolution.
-    """
-    if seconds <= 0 or fps <= 0:
-        raise ValueError("seconds and fps must be positive")
-    if size is None:
-        size = (image.shape[0], image.shape[1]) if image is not None else (pipe.settings.height, pipe.settings.width)
-    state = pipe.new_stream_state(params)
-    chunks = generated_chunks(pipe, seconds, fps)
+    """`generate_frames` written to `dst`: 1 + k·(chunks·n − 1) frames, the shortest such length ≥ seconds·fps."""
     rate = Fraction(fps).limit_denominator(1001)
-    written = 0
-    with VideoWriter(dst, size, rate, codec, crf) as writer:
-        for c in range(chunks):
-            # With an image, the first chunk is that image alone (one latent frame), then generation goes on.
-            start = image if c == 0 else None
-            out = pipe.generate_chunk(state, size, image=start, pts_us=int(written / fps * 1e6))
+    writer: VideoWriter | None = None
+    written = chunks = 0
+    try:
+        for out in generate_frames(pipe, params, seconds, fps, size, image):
+            if writer is None:
+                writer = VideoWriter(dst, out.shape[1:3], rate, codec, crf)
             writer.write(out)
             written += len(out)
+            chunks += 1
             if progress:
                 progress(len(out))
-    return RunStats(written, size, float(rate), chunks)
+    finally:
+        if writer is not None:
+            writer.close()
+    assert writer is not None  # generated_chunks ≥ 1
+    return RunStats(written, (writer.stream.height, writer.stream.width), float(rate), chunks)
