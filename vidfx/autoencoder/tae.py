@@ -32,13 +32,16 @@ Conventions, official → vidfx:
     latents — from the Wan VAE or this encoder — are interchangeable with no conversion;
   * time, decoder: each latent frame decodes to k frames; the official decoder drops the stream's first
     k - 1 (`frames_to_trim`), which is vidfx's contract: the first latent frame gives one frame, later ones k;
-  * time, encoder: TAEHV encodes groups of k frames with no special first frame. To meet vidfx's contract
-    (a first chunk of 1 + k·n frames gives 1 + n latent frames, no look-ahead), a stream's first frame is
-    repeated k - 1 times in front of it — the first group is that frame alone, as in Wan. The official
-    `encode_video` instead pads the clip's end with copies of its last frame, so our latent j is its latent
-    j of the clip with the first frame repeated; if the encoder was trained to the official grouping, a
-    round trip then shows the input k - 1 frames late (0.19 s at Wan's 16 fps). Unverified without the real
-    weights: measure it with a moving clip before relying on frame alignment.
+  * time, encoder: TAEHV encodes groups of k frames with no special first frame, and the official
+    `encode_video` pads a clip of 1 + k·n frames at its END with copies of the last frame (commit 0b0a47e,
+    "Fix T%4 != 1 padding"), so its latent j is read from frames k·j … k·j + k - 1: the encoder looks k - 1
+    frames ahead of the frame the latent stands for. A stream cannot look ahead and still meet vidfx's
+    contract (a first chunk of 1 + k·n frames gives 1 + n latent frames), so here a stream's first frame is
+    repeated k - 1 times in FRONT of it: our latent j is the official latent j of the clip with its first
+    frame shown k times, and a TAE encode → decode round trip shows the input k - 1 frames late (0.19 s at
+    Wan's 16 fps). That is the same wall-clock latency as the official look-ahead; only the frame labels
+    move. Latents from the Wan VAE's encoder have no such shift. (Alignment inferred from the official
+    code; with the real weights, confirm it on a moving clip.)
 """
 
 from __future__ import annotations
