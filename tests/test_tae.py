@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidfx.autoencoder import TAEHV, TAEConfig, WanVAE, WanVAEConfig, load_autoencoder, load_tae
+from vidfx.autoencoder import (
+    TAEHV,
+    TAEConfig,
+    WanVAE,
+    WanVAEConfig,
+    load_autoencoder,
+    load_tae,
+    save_autoencoder,
+)
 from vidfx.autoencoder.base import CausalCache
 from vidfx.cli import main as vidfx_main
 from vidfx.weights import CheckpointError
@@ -188,16 +196,21 @@ def test_official_names_shapes_and_size() -> None:
     assert TAEConfig.from_state({k: torch.empty(s, device="meta") for k, s in own.items()}, "x") == TAEConfig()
 
 
-def test_converted_checkpoint_loads_by_plain_copy(converted: tuple[Path, dict[str, torch.Tensor]]) -> None:
+def test_converted_checkpoint_loads_by_plain_copy(
+    tmp_path: Path, converted: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
     path, state = converted
     ae = load_tae(path)
     assert ae.cfg == TAEConfig.preset("test") and not ae.training
     loaded = ae.state_dict()
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
-    # the generic loader recognises the file too
+    # the generic loader recognises the file too, and files written by save_autoencoder
     assert isinstance(load_autoencoder(path), TAEHV)
     assert isinstance(load_autoencoder("random:taew2.1-test"), TAEHV)
+    save_autoencoder(ae, tmp_path / "saved.safetensors")
+    again = load_autoencoder(tmp_path / "saved.safetensors")
+    assert isinstance(again, TAEHV) and all(torch.equal(again.state_dict()[k], state[k]) for k in state)
 
 
 def test_bad_checkpoints_name_the_file(tmp_path: Path, converted: tuple[Path, dict[str, torch.Tensor]]) -> None:
@@ -212,6 +225,14 @@ def test_bad_checkpoints_name_the_file(tmp_path: Path, converted: tuple[Path, di
     save_file(missing, str(tmp_path / "missing.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing\.safetensors.*decoder\.13\.conv\.weight"):
         load_tae(tmp_path / "missing.safetensors")
+
+    grows_more = dict(state)  # a decoder that grows time 8× next to an encoder that pools it 4×
+    grows_more["decoder.7.conv.weight"] = torch.zeros(2 * TEST_DECODER[0], TEST_DECODER[0], 1, 1)
+    save_file(grows_more, str(tmp_path / "time_mismatch.safetensors"))
+    with pytest.raises(
+        CheckpointError, match=r"time_mismatch\.safetensors.*pools time by 4× but the decoder grows it by 8×"
+    ):
+        load_tae(tmp_path / "time_mismatch.safetensors")
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -21,8 +21,14 @@ Both stacks are sequences indexed like the official `nn.Sequential` (that index 
 
 Wan 2.1 (`taew2_1`): p = 1, time halves at encoder levels 1 and 2 and doubles at decoder levels 2 and 3, so
 k = 4. Every temporal kernel looks one step back at its own rate and pools/grows whole groups, so a chunk
-holding whole groups needs only each MemBlock's last input frame from the chunk before: that is all the
-`CausalCache` keeps, and any chunking gives the whole clip's result exactly.
+holding whole groups needs only each MemBlock's last input frame from the chunk before. The stream's
+`CausalCache` (base.py) is all the state there is, keyed by MemBlock:
+    created  — empty, `at_start`: MemBlocks see zeros as their past; the encoder repeats the first frame in
+               front of it and the decoder drops its first k - 1 outputs (see *time* below);
+    appended — in every chunk each MemBlock replaces its entry with its last input frame (B, 1, C, H, W):
+               9 entries per stack, a constant size however long the stream runs;
+    reset    — `StreamEncoder.reset()` / `StreamDecoder.reset()` clear it: the next chunk starts a stream.
+Any chunking therefore gives the whole clip's result exactly (tests/test_tae.py).
 
 Conventions, official → vidfx:
   * pixels: TAEHV works in [0, 1]; vidfx in [-1, 1] (x ↦ (x + 1)/2 in, y ↦ 2y - 1 out);
@@ -99,6 +105,11 @@ class TAEConfig:
         grow_strides = [g.shape[0] // g.shape[1] for g in grows]
         if patch * patch * 3 != first.shape[1] or any(s not in (1, 2) for s in pool_strides + grow_strides):
             raise CheckpointError(f"{source}: TAEHV tensors with shapes no TAEHV configuration has")
+        if sum(pool_strides) != sum(grow_strides):
+            raise CheckpointError(
+                f"{source}: the encoder pools time by {2 ** (sum(pool_strides) - len(pools))}× but the decoder "
+                f"grows it by {2 ** (sum(grow_strides) - len(grows))}×: not one autoencoder"
+            )
         return cls(
             latent_channels=dec_in.shape[1],
             patch_size=patch,
@@ -187,8 +198,8 @@ class MemBlock(nn.Module):
             past = x.new_zeros(b, 1, c, h, w)
         prev = torch.cat([past, x[:, :-1]], dim=1)  # (B, T, C, H, W): the input one frame earlier
         cache.keep(self, x[:, -1:])
-        h_ = self.conv(torch.cat([x, prev], dim=2).flatten(0, 1))  # current first, then past (as trained)
-        return F.relu(h_ + self.skip(x.flatten(0, 1))).unflatten(0, (b, t))
+        y = self.conv(torch.cat([x, prev], dim=2).flatten(0, 1))  # current first, then past (as trained)
+        return F.relu(y + self.skip(x.flatten(0, 1))).unflatten(0, (b, t))
 
 
 class TPool(nn.Module):
