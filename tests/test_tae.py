@@ -13,7 +13,10 @@ from safetensors.torch import save_file
 
 from vidfx.autoencoder import (
     TAEHV,
+    AutoencoderPair,
     TAEConfig,
+    TinyAEConfig,
+    TinyAutoencoder,
     WanVAE,
     WanVAEConfig,
     load_autoencoder,
@@ -367,3 +370,19 @@ def test_cache_holds_one_frame_per_memblock(tae: TAEHV) -> None:
     assert len(dec.cache) == 9
     assert all(dec.cache.past(m).shape[1] == 1 for m in tae.decoder if isinstance(dec.cache.past(m), torch.Tensor))
     assert isinstance(dec.cache, CausalCache)
+
+
+def test_wan_encoder_with_tae_decoder_as_one_autoencoder(tae: TAEHV) -> None:
+    """The pair encodes exactly as the Wan VAE, decodes exactly as the TAE, and streams like either."""
+    torch.manual_seed(0)
+    wan = WanVAE(WanVAEConfig.preset("test")).eval()
+    pair = AutoencoderPair(wan, tae)
+    clip = random_clip(9)
+    z = pair.encode(clip)
+    torch.testing.assert_close(z, wan.encode(clip), atol=0, rtol=0)  # Wan's normalisation applied
+    torch.testing.assert_close(pair.decode(z), tae.decode(z), atol=0, rtol=0)
+    dec = pair.stream_decoder()
+    torch.testing.assert_close(stream(dec.decode, z, [1, 2]), tae.decode(z), atol=STREAM_TOL, rtol=0)
+    assert pair.config_dict()["decoding"]["kind"] == "taehv"
+    with pytest.raises(ValueError, match="do not share a latent space"):
+        AutoencoderPair(TinyAutoencoder(TinyAEConfig(spatial_factor=4)), tae)  # 4× in space, the TAE 8×

@@ -11,11 +11,13 @@ Contract (the Wan VAE, the tiny autoencoder and the Wan 2.1 TAEHV):
 
 from vidfx.autoencoder.base import CausalCache, StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.autoencoder.loading import build_autoencoder, load_autoencoder, save_autoencoder
+from vidfx.autoencoder.pair import AutoencoderPair
 from vidfx.autoencoder.tae import TAEHV, TAEConfig, load_tae
 from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
 from vidfx.autoencoder.wan_vae import WanVAE, WanVAEConfig
 
 __all__ = [
+    "AutoencoderPair",
     "CausalCache",
     "StreamDecoder",
     "StreamEncoder",
