@@ -237,6 +237,11 @@ def test_bad_checkpoints_name_the_file(tmp_path: Path, converted: tuple[Path, di
     ):
         load_tae(tmp_path / "time_mismatch.safetensors")
 
+    with torch.device("meta"):  # same names, but upstream's 32-channel family uses LeakyReLU: refused
+        hv15 = TAEHV(TAEConfig.preset("test").with_(latent_channels=32)).state_dict()
+    with pytest.raises(CheckpointError, match=r"taehv1_5\.safetensors: a 32-channel TAEHV"):
+        TAEConfig.from_state(hv15, "taehv1_5.safetensors")
+
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"truncated\.safetensors"):

@@ -105,6 +105,8 @@ class TAEConfig:
         grow_strides = [g.shape[0] // g.shape[1] for g in grows]
         if patch * patch * 3 != first.shape[1] or any(s not in (1, 2) for s in pool_strides + grow_strides):
             raise CheckpointError(f"{source}: TAEHV tensors with shapes no TAEHV configuration has")
+        if dec_in.shape[1] == 32:  # upstream's taehv1_5 family: same names, LeakyReLU(0.2) where we have ReLU
+            raise CheckpointError(f"{source}: a 32-channel TAEHV (Hunyuan Video 1.5) is not supported, only ReLU ones")
         if sum(pool_strides) != sum(grow_strides):
             raise CheckpointError(
                 f"{source}: the encoder pools time by {2 ** (sum(pool_strides) - len(pools))}× but the decoder "
