@@ -3,7 +3,7 @@ independent whole-clip implementation of the official algorithm (madebyollin/tae
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -177,11 +177,11 @@ def random_latents(frames: int, h: int = 4, w: int = 4, seed: int = 2, batch: in
     return torch.randn(batch, 16, frames, h, w, generator=g)
 
 
-def stream(fn_per_chunk: object, x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+def stream(fn_per_chunk: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
     assert sum(chunks) == x.shape[2]
     out, start = [], 0
     for n in chunks:
-        out.append(fn_per_chunk(x[:, :, start : start + n]))  # type: ignore[operator]
+        out.append(fn_per_chunk(x[:, :, start : start + n]))
         start += n
     return torch.cat(out, dim=2)
 
