@@ -1,6 +1,6 @@
 """Video autoencoders with one latent contract and exact streaming encode/decode.
 
-Contract (both the Wan VAE and the tiny autoencoder):
+Contract (the Wan VAE, the tiny autoencoder and the Wan 2.1 TAEHV):
   * pixels (B, 3, T, H, W) in [-1, 1]; latents (B, latent_channels, T', H/spatial_factor, W/spatial_factor),
     normalised (zero-mean, unit-variance per channel) so the DiT sees the same statistics for any autoencoder;
   * temporally causal with factor k = temporal_factor: a stream's first chunk holds 1 + k·n frames and gives
@@ -11,13 +11,18 @@ Contract (both the Wan VAE and the tiny autoencoder):
 
 from vidfx.autoencoder.base import CausalCache, StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.autoencoder.loading import build_autoencoder, load_autoencoder, save_autoencoder
+from vidfx.autoencoder.pair import AutoencoderPair
+from vidfx.autoencoder.tae import TAEHV, TAEConfig, load_tae
 from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
 from vidfx.autoencoder.wan_vae import WanVAE, WanVAEConfig
 
 __all__ = [
+    "AutoencoderPair",
     "CausalCache",
     "StreamDecoder",
     "StreamEncoder",
+    "TAEConfig",
+    "TAEHV",
     "TinyAEConfig",
     "TinyAutoencoder",
     "VideoAutoencoder",
@@ -25,5 +30,6 @@ __all__ = [
     "WanVAEConfig",
     "build_autoencoder",
     "load_autoencoder",
+    "load_tae",
     "save_autoencoder",
 ]

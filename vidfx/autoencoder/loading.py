@@ -1,8 +1,9 @@
 """Building, saving and loading autoencoders — safetensors only, through `vidfx.weights`.
 
 The architecture is read off the tensors themselves (names say which network, shapes give its widths), so
-the official Wan VAE converted with `vidfx convert Wan2.1_VAE.pth wan_vae.safetensors`, a reduced-width
-Wan VAE and tiny-autoencoder files written by `save_autoencoder` or by training all load the same way.
+the official Wan VAE converted with `vidfx convert Wan2.1_VAE.pth wan_vae.safetensors`, the Wan 2.1 TAEHV
+converted with `vidfx convert taew2_1.pth taew2_1.safetensors`, a reduced-width Wan VAE and tiny-autoencoder
+files written by `save_autoencoder` or by training all load the same way.
 """
 
 from __future__ import annotations
@@ -16,23 +17,27 @@ import torch
 from safetensors.torch import save_file
 
 from vidfx.autoencoder.base import VideoAutoencoder
+from vidfx.autoencoder.tae import TAEHV, TAEConfig
 from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
 from vidfx.autoencoder.wan_vae import WanVAE, WanVAEConfig
 from vidfx.weights import CheckpointError, load_into, load_state_dict, strip_wrappers
 
-PRESETS = ("wan2.1", "wan2.1-test", "tiny")
+PRESETS = ("wan2.1", "wan2.1-test", "tiny", "taew2.1", "taew2.1-test")
 RANDOM_PREFIX = "random:"  # `random:tiny` etc.: an untrained network (benchmarks, plumbing without weights)
 TRAINING_MODEL_PREFIX = "model."  # training checkpoints (train.py) hold `model.*` next to `optim.*`
 
 
 def build_autoencoder(name: str) -> VideoAutoencoder:
-    """A randomly initialised autoencoder: `wan2.1` (official size), `wan2.1-test` (dim 8) or `tiny`."""
+    """A randomly initialised autoencoder: `wan2.1` (official size), `wan2.1-test` (dim 8), `tiny`, or the
+    Wan 2.1 TAEHV `taew2.1` (official size) / `taew2.1-test` (narrow)."""
     if name == "wan2.1":
         return WanVAE(WanVAEConfig.preset("wan2.1"))
     if name == "wan2.1-test":
         return WanVAE(WanVAEConfig.preset("test"))
     if name == "tiny":
         return TinyAutoencoder(TinyAEConfig())
+    if name in ("taew2.1", "taew2.1-test"):
+        return TAEHV(TAEConfig.preset("test" if name.endswith("-test") else "taew2.1"))
     raise ValueError(f"unknown autoencoder {name!r}; choose from {list(PRESETS)}")
 
 
@@ -69,10 +74,13 @@ def autoencoder_for_state(state: dict[str, torch.Tensor], source: str | Path) ->
                 group_channels=group.shape[0],
             )
             return TinyAutoencoder(cfg)
+        if "decoder.3.conv.0.weight" in state:  # TAEHV (`taew2_1`): numbered Sequential stacks
+            return TAEHV(TAEConfig.from_state(state, source))
     except KeyError as exc:
         raise CheckpointError(f"{source}: incomplete autoencoder checkpoint, no tensor {exc}") from exc
     raise CheckpointError(
-        f"{source}: neither a Wan VAE (encoder.downsamples.*) nor a tiny autoencoder (encoder.stem.*); "
+        f"{source}: neither a Wan VAE (encoder.downsamples.*), a tiny autoencoder (encoder.stem.*) nor a TAEHV "
+        f"(decoder.3.conv.*); "
         f"first names: {sorted(state)[:3]}"
     )
 
