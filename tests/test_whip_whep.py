@@ -140,6 +140,17 @@ async def test_whip_bearer_token() -> None:
 
         pub = await whip_publish(node.url, "secure", token=TOKEN)
         assert pub.status == 201, pub.body
+        # What OBS and the common servers rely on: an ETag, and CORS exposing the headers a page must read.
+        assert re.fullmatch(r'"[0-9a-f]{32}"', pub.headers["ETag"])
+        exposed = {h.strip() for h in pub.headers["Access-Control-Expose-Headers"].split(",")}
+        assert {"Location", "ETag", "Link"} <= exposed
+        # The auth scheme is case-insensitive (RFC 7235): "bearer", "BEARER" work too; the token itself is not.
+        async with aiohttp.ClientSession() as http:
+            cases = [(f"bearer {TOKEN}", 200), (f"BEARER  {TOKEN}", 200), (f"Bearer {TOKEN.upper()}", 401),
+                     (f"Basic {TOKEN}", 401), (TOKEN, 401)]  # fmt: skip
+            for header, expected in cases:
+                async with http.get(node.url + "/webrtc/status", headers={"Authorization": header}) as r:
+                    assert r.status == expected, header
         viewer = await whep_view(node.url, "secure", token=TOKEN)
         assert viewer.status == 201
         await wait_frames(viewer.rx, 3, timeout=20)
@@ -304,5 +315,43 @@ async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
         await wait_frames(viewer.rx, 10, timeout=20)
         (publisher,) = [p for p in (await node.status())["peers"] if p["role"] == "publisher"]
         assert publisher["frames_in"] >= 10 and publisher["size"] == [128, 96]
+        await pc.close()
+        await viewer.pc.close()
+
+
+@pytest.mark.parametrize("node_role", ["client", "server"])
+async def test_whip_publisher_with_an_rsa_certificate_connects_in_either_dtls_role(node_role: str) -> None:
+    """GStreamer-like publisher: RSA DTLS certificate and OpenSSL's default cipher list. With the node as DTLS
+    client (its default as answerer) the publisher, as server, must pick an ECDHE-RSA suite: this is what
+    `vidfx.webrtc.aiortc_adjust.allow_rsa_dtls` makes possible; stock aiortc fails with "no shared cipher". With
+    the node as DTLS server (the offer says a=setup:active) the node's ECDSA suite is picked and the client
+    authenticates with its RSA key."""
+    from aiortc import RTCSessionDescription
+
+    from tests.webrtc_harness import use_rsa_certificate
+    from vidfx.webrtc.stamp import SyntheticVideoTrack
+
+    async with running_node() as node:
+        pc = new_pc()
+        use_rsa_certificate(pc)
+        pc.addTransceiver(SyntheticVideoTrack(128, 96, fps=15), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if node_role == "server":
+            offer = offer.replace("a=setup:actpass", "a=setup:active")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(node.url + "/whip/rsa", data=offer, headers={"Content-Type": "application/sdp"}) as r,
+        ):
+            assert r.status == 201, await r.text()
+            answer = await r.text()
+        assert ("a=setup:active" if node_role == "client" else "a=setup:passive") in answer
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        viewer = await whep_view(node.url, "rsa")
+        assert viewer.status == 201, viewer.body
+        await wait_frames(viewer.rx, 10, timeout=20)
+        assert pc.connectionState == "connected"
+        cipher = pc.getTransceivers()[0].sender.transport._ssl.get_cipher_name()  # whichever the server picked
+        assert cipher.startswith("ECDHE-RSA-" if node_role == "client" else "ECDHE-ECDSA-"), cipher
         await pc.close()
         await viewer.pc.close()

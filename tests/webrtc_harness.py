@@ -19,6 +19,9 @@ import msgpack
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL
 
 from tests.serve_harness import NodeOutput
 from vidfx.webrtc.gateway import enable_loopback_candidates
@@ -259,3 +262,29 @@ async def whep_view(base: str, stream: str, token: str | None = None) -> WhipCli
     if client.status == 201:
         await pc.setRemoteDescription(RTCSessionDescription(client.body, "answer"))
     return client
+
+
+class ForeignRsaCertificate(RTCCertificate):
+    """An RSA DTLS certificate with an OpenSSL-default cipher list, as GStreamer's webrtcbin and many media servers
+    carry: as DTLS server it can only pick an ECDHE-RSA suite, which stock aiortc never offers."""
+
+    @classmethod
+    def generate(cls) -> ForeignRsaCertificate:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return cls(key=key, cert=generate_certificate(key))  # type: ignore[arg-type]
+
+    def _create_ssl_context(self, srtp_profiles: list[Any]) -> SSL.Context:
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
+        ctx.use_certificate(self._cert)
+        ctx.use_privatekey(self._key)
+        ctx.set_cipher_list(b"ALL:!ADH:!LOW:!EXP:!MD5:!RC4:!DSS:@STRENGTH")  # GStreamer's gstdtlsagent list
+        ctx.set_tlsext_use_srtp(b":".join(x.openssl_profile for x in srtp_profiles))
+        return ctx
+
+
+def use_rsa_certificate(pc: RTCPeerConnection) -> None:
+    """Give a (not yet negotiated) aiortc peer an RSA certificate instead of its ECDSA one. Reaches into aiortc's
+    private state on purpose: if that changes, the tests using it fail loudly rather than test nothing."""
+    assert isinstance(pc._RTCPeerConnection__certificates, list)  # type: ignore[attr-defined]
+    pc._RTCPeerConnection__certificates = [ForeignRsaCertificate.generate()]  # type: ignore[attr-defined]

@@ -99,7 +99,12 @@ class WebRTCSettings(_Section):
     max_peers: int = Field(4, ge=1, description="WebRTC publishers (page, WHIP) at once (sessions also count)")
     max_viewers: int = Field(16, ge=0, description="WHEP viewers at once, all streams together")
     connect_timeout_s: float = Field(5.0, gt=0, description="drop a peer whose ICE/DTLS is not connected by then")
-    media_timeout_s: float = Field(3.0, gt=0, description="drop a publisher that sends no video for this long")
+    media_timeout_s: float = Field(
+        3.0, gt=0, description="drop a publisher that sends no video, or a viewer that sends no RTCP, for this long"
+    )
+    ice_gather_timeout_s: float = Field(
+        0.5, gt=0, le=10, description="longest wait for STUN/TURN servers while gathering (host candidates: none)"
+    )
     loopback_candidates: bool = Field(
         False, description="also offer 127.0.0.1 host candidates (single-machine setups and tests)"
     )
