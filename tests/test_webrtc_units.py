@@ -115,6 +115,21 @@ def test_marker_jitter_buffer_releases_frames_a_frame_earlier() -> None:
     assert frame is not None and frame.data == bytes([0, 0, 0, 1, 0, 2])
 
 
+def test_marker_jitter_buffer_releases_audio_packets_on_arrival() -> None:
+    """aiortc holds audio 4 packets (80 ms of Opus) plus one; the node's buffer passes each packet on at once,
+    in order (a packet after a gap waits for the missing one)."""
+    packets = _packets([1] * 8, first_seq=65533)
+    stock = _feed(JitterBuffer(capacity=16, prefetch=4), packets)
+    fast = _feed(MarkerJitterBuffer(capacity=16, prefetch=4), packets)
+    assert [i for i, _, _ in fast] == list(range(8))
+    assert [i for i, _, _ in stock] == [4, 5, 6, 7]  # packet 0 comes out when packet 4 arrives
+    assert [(ts, d) for _, ts, d in stock] == [(ts, d) for _, ts, d in fast[:4]]
+    buf = MarkerJitterBuffer(capacity=16, prefetch=4)
+    assert _feed(buf, [packets[0], packets[2]]) == [(0, 0, bytes([0, 0]))]
+    _, frame = buf.add(packets[1])
+    assert frame is not None and frame.timestamp == 3000
+
+
 def test_frames_fit_the_limits_and_pts_round_trip() -> None:
     assert fit_within(1920, 1080, 1280, 720) == (1280, 720)
     assert fit_within(640, 480, 1920, 1080) == (640, 480)

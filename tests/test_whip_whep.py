@@ -291,8 +291,8 @@ def test_stamp_survives_vp8() -> None:
 
 
 async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
-    """What OBS sends: H.264 video plus Opus audio. The video is decoded and stylised; the audio is answered
-    `inactive` (the node processes video only), so the publisher sends none."""
+    """What OBS sends: H.264 video plus Opus audio. The video is decoded and stylised; the audio is received
+    (answered `recvonly`) and goes out to WHEP viewers that ask for it."""
     from aiortc import AudioStreamTrack, RTCRtpSender, RTCSessionDescription
 
     from vidfx.webrtc.stamp import SyntheticVideoTrack
@@ -309,12 +309,19 @@ async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
         sections = {part.split(" ", 1)[0]: part for part in answer.split("\r\nm=")[1:]}  # kind → its lines
         video_part, audio_part = sections["video"], sections["audio"]
         assert "H264/90000" in video_part and "VP8" not in video_part
-        assert "a=inactive" in audio_part
+        assert "a=recvonly" in audio_part and "opus/48000" in audio_part
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        viewer = await whep_view(node.url, "obs")
+        viewer = await whep_view(node.url, "obs", audio=True)
+        assert "a=sendonly" in viewer.body.split("m=audio", 1)[1]
         await wait_frames(viewer.rx, 10, timeout=20)
         (publisher,) = [p for p in (await node.status())["peers"] if p["role"] == "publisher"]
         assert publisher["frames_in"] >= 10 and publisher["size"] == [128, 96]
+        assert publisher["audio_frames_in"] > 0
+        await node.wait_for(lambda st: st["outputs"]["obs"]["audio_frames"] > 50, 10, "audio flows")
+        while len(viewer.audio_rx) < 25:  # aiortc's AudioStreamTrack sends silence: frames, not levels
+            assert viewer.pc.connectionState == "connected"
+            await asyncio.sleep(0.1)
+        assert set(viewer.audio_rx.rates) == {48000}
         await pc.close()
         await viewer.pc.close()
 
@@ -354,4 +361,44 @@ async def test_whip_publisher_with_an_rsa_certificate_connects_in_either_dtls_ro
         cipher = pc.getTransceivers()[0].sender.transport._ssl.get_cipher_name()  # whichever the server picked
         assert cipher.startswith("ECDHE-RSA-" if node_role == "client" else "ECDHE-ECDSA-"), cipher
         await pc.close()
+        await viewer.pc.close()
+
+
+async def test_audio_comes_back_in_sync_with_the_stylised_video() -> None:
+    """A click and a white flash sent in the same instant reach a WHEP viewer together: the node holds the audio
+    back by the measured video latency (about a chunk through the model; almost nothing while paused), so both
+    come out, the click within a frame of its flash. Without the delay the click would lead by the whole
+    latency (≈ 240 ms here). The figure for the record is benchmarks/bench_av_sync.py's."""
+    from tests.webrtc_harness import measure_av_sync
+    from vidfx.webrtc.jitter import enable_marker_frames
+
+    enable_marker_frames(True)  # this viewer releases frames as a browser does (see vidfx.webrtc.jitter)
+    try:
+        async with running_node() as node:
+            sync = await measure_av_sync(node, "av", seconds=6.0)
+            # Both phases: every flash found has its click, and they line up.
+            assert len(sync.paused_ms) >= 2 and len(sync.model_ms) >= 4, sync
+            assert sync.audio_delay_ms["model"] > 100 and sync.audio_delay_ms["paused"] < 60, sync
+            assert abs(float(np.median(sync.model_ms))) < 67, sync  # within a frame interval at 15 fps
+            assert abs(float(np.median(sync.paused_ms))) < 67, sync
+    finally:
+        enable_marker_frames(False)
+
+
+async def test_video_only_publisher_and_an_audio_viewer() -> None:
+    """A publisher without audio works as before; a viewer that asks for audio gets the video and a silent
+    (frameless) audio track, and nothing breaks."""
+    async with running_node() as node:
+        pub = await whip_publish(node.url, "mute")
+        assert pub.status == 201 and "m=audio" not in pub.body
+        viewer = await whep_view(node.url, "mute", audio=True)
+        assert viewer.status == 201, viewer.body
+        await wait_frames(viewer.rx, 10, timeout=20)
+        st = await node.status()
+        assert st["outputs"]["mute"]["audio_frames"] == 0 and st["outputs"]["mute"]["audio_subscribers"] == 1
+        assert len(viewer.audio_rx) == 0
+        assert await pub.delete() == 200
+        await node.wait_for(lambda st: st["publishers"] == 0 and st["viewers"] == 0, 5, "freed")
+        await asyncio.wait_for(viewer.audio_rx.ended.wait(), 10)
+        await pub.pc.close()
         await viewer.pc.close()

@@ -77,9 +77,10 @@ class Session:
         self.dropped: dict[str, int] = {}
 
     # -- input ---------------------------------------------------------------------------------------------
-    def submit(self, pixels: np.ndarray, pts_us: int, seq: int | None = None) -> bool:
+    def submit(self, pixels: np.ndarray, pts_us: int, seq: int | None = None, received: float | None = None) -> bool:
         """Queue one frame (H, W, 3) uint8. Returns False if the session is closed. Never blocks: beyond the
-        pending bound the oldest frames are dropped (counted as `overload`), so latency stays bounded."""
+        pending bound the oldest frames are dropped (counted as `overload`), so latency stays bounded.
+        `received`: when the frame reached the node (time.monotonic(); default now), if decoding came first."""
         if self.closed:
             return False
         now = time.monotonic()
@@ -93,7 +94,7 @@ class Session:
         if self.pending and self.pending[-1].pixels.shape != pixels.shape:
             self._drop("resized", len(self.pending))
             self.pending.clear()
-        self.pending.append(InputFrame(pixels, seq, pts_us, now))
+        self.pending.append(InputFrame(pixels, seq, pts_us, now if received is None else received))
         if self.paused and not self.in_flight:
             self.pass_through()
             return True

@@ -38,7 +38,7 @@ from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
 from vidfx.webrtc.aiortc_adjust import adjust_aiortc
-from vidfx.webrtc.media import IngestPump, OutputTrack, StreamOutput
+from vidfx.webrtc.media import AudioIngest, AudioOutputTrack, IngestPump, OutputTrack, StreamOutput
 
 log = logging.getLogger("vidfx.webrtc")
 
@@ -159,6 +159,7 @@ class Peer:
     session: Session | None = None  # publishers: the engine session they feed
     owns_session: bool = False  # opened by this peer (closed with it)
     ingest: IngestPump | None = None
+    audio: AudioIngest | None = None  # publishers that send audio: it goes out with the stylised video
     channel: RTCDataChannel | None = None
     closed: bool = False
     close_reason: str | None = None
@@ -176,6 +177,8 @@ class Peer:
         }
         if self.ingest is not None:
             d.update(frames_in=self.ingest.frames, size=self.ingest.size)
+        if self.audio is not None:
+            d.update(audio_frames_in=self.audio.frames)
         return d
 
 
@@ -251,7 +254,14 @@ class WebRTCGateway:
             "closed_peers": self.closed_peers,
             "recent_closes": list(self.recent_closes),
             "outputs": {
-                s: {"frames_sent": o.frames_sent, "dropped": o.dropped, "subscribers": len(o.subscribers)}
+                s: {
+                    "frames_sent": o.frames_sent,
+                    "dropped": o.dropped,
+                    "subscribers": len(o.subscribers),
+                    "audio_frames": o.audio_frames,
+                    "audio_subscribers": len(o.audio_subscribers),
+                    "audio_delay_ms": round(1000 * o.audio_delay_s(), 1),
+                }
                 for s, o in self.outputs.items()
             },
         }
@@ -320,8 +330,8 @@ class WebRTCGateway:
         except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError… on unusable SDP
             raise SignallingError(400, f"invalid SDP offer: {type(exc).__name__}: {str(exc)[:160]}") from None
         for t in pc.getTransceivers():
-            if t.kind != "video":
-                t.direction = "inactive"  # audio is not processed: answered inactive so nobody sends it
+            if t.kind not in ("video", "audio"):
+                t.direction = "inactive"
         if before_answer is not None:
             before_answer()
         await pc.setLocalDescription(await pc.createAnswer())  # aiortc gathers every candidate here
@@ -356,10 +366,11 @@ class WebRTCGateway:
             self._wire_publisher(peer)
 
             def return_video() -> None:
-                # The page offers sendrecv and gets the stylised video back on the same m-line; WHIP offers
-                # sendonly and gets nothing back.
+                # The page offers sendrecv and gets the stylised video back on the same m-line (and its audio,
+                # delayed to match, if it sends audio sendrecv too); WHIP offers sendonly and gets nothing back.
                 if via == "offer" and direction == "sendrecv":
                     peer.pc.addTrack(output.subscribe())
+                    self._add_audio(peer, output, ("sendrecv",))  # the page sends audio and takes it back
 
             await self._answer(peer, offer, return_video)
             peer.answered_at = time.monotonic()
@@ -386,7 +397,12 @@ class WebRTCGateway:
         try:
             output = self._output_for(session, feed=False)
             peer.pc.on("connectionstatechange", lambda: self._on_state(peer))
-            await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
+
+            def send_stream() -> None:
+                peer.pc.addTrack(output.subscribe())
+                self._add_audio(peer, output, ("sendonly", "sendrecv"))  # the viewer takes audio
+
+            await self._answer(peer, offer, send_stream)
             peer.answered_at = time.monotonic()
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
         except BaseException:
@@ -394,6 +410,17 @@ class WebRTCGateway:
             raise
         log.info("viewer %s for stream %s", peer.id[:8], name)
         return peer
+
+    @staticmethod
+    def _add_audio(peer: Peer, output: StreamOutput, directions: tuple[str, ...]) -> None:
+        """Send the stream's audio on the offer's audio m-line when the offer lets us (`directions`: what the offer
+        allows *us*, aiortc's `_offerDirection`, the offer's own direction reversed). The stream may have no audio
+        yet: the track then stays silent until a publisher with audio feeds it."""
+        for t in peer.pc.getTransceivers():
+            if t.kind == "audio" and t._offerDirection in directions and t.sender.track is None:
+                t.sender.replaceTrack(output.subscribe_audio())
+                t.direction = "sendrecv"  # answered as the offer allows: sendonly to recvonly, sendrecv to sendrecv
+                return
 
     def find(self, peer_id: str, role: Role | None = None, stream: str | None = None) -> Peer | None:
         peer = self.peers.get(peer_id)
@@ -439,10 +466,14 @@ class WebRTCGateway:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind != "video" or peer.ingest is not None or peer.session is None:
+            if peer.session is None:
                 return
-            peer.ingest = IngestPump(track, peer.session, self.pool, lim.max_width, lim.max_height)
-            peer.ingest.start()
+            if track.kind == "video" and peer.ingest is None:
+                peer.ingest = IngestPump(track, peer.session, self.pool, lim.max_width, lim.max_height)
+                peer.ingest.start()
+            elif track.kind == "audio" and peer.audio is None and peer.stream in self.outputs:
+                peer.audio = AudioIngest(track, self.outputs[peer.stream])
+                peer.audio.start()
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -592,6 +623,8 @@ class WebRTCGateway:
                 task.cancel()
         if peer.ingest is not None:
             await peer.ingest.stop()
+        if peer.audio is not None:
+            await peer.audio.stop()
         if peer.role == "publisher" and peer.session is not None:
             if peer.owns_session and self.engine is not None and self.engine.session(peer.stream) is peer.session:
                 self.engine.close_session(peer.stream)
@@ -601,7 +634,7 @@ class WebRTCGateway:
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
         for sender in peer.pc.getSenders():
-            if isinstance(sender.track, OutputTrack):
+            if isinstance(sender.track, (OutputTrack, AudioOutputTrack)):
                 sender.track.stop()  # unsubscribes from the stream's output
         self._release_output(peer.stream)
         try:
