@@ -119,6 +119,9 @@ class LimitSettings(_Section):
     max_width: int = Field(1920, ge=16, description="largest accepted frame width")
     max_height: int = Field(1080, ge=16, description="largest accepted frame height")
     max_header_bytes: int = Field(1024, ge=64, description="largest frame header")
+    max_audio_bytes: int = Field(
+        192_000, ge=0, description="largest audio part of a ZeroMQ frame (1 s of 48 kHz stereo s16; 0: no audio)"
+    )
     max_control_bytes: int = Field(16384, ge=256, description="largest control message")
     max_prompt_chars: int = Field(500, ge=1, description="longest prompt")
     max_prompts: int = Field(8, ge=1, description="most prompts in a weighted blend")
