@@ -71,8 +71,8 @@ async def test_whip_publish_whep_view_delete() -> None:
 
 
 async def test_whep_views_a_zeromq_stream() -> None:
-    """A session fed by ZeroMQ is watchable over WHEP; the ZeroMQ subscriber still gets every frame; when the
-    publisher stops and the session is reclaimed, the viewer is let go."""
+    """A session fed by ZeroMQ is watchable over WHEP, with the audio its frames carry; the ZeroMQ subscriber still
+    gets every frame; when the publisher stops and the session is reclaimed, the viewer is let go."""
     async with running_node("--stream-idle-timeout-s", "1") as node:
         ctx = zmq.asyncio.Context()
         pub = ctx.socket(zmq.XPUB)
@@ -86,16 +86,19 @@ async def test_whep_views_a_zeromq_stream() -> None:
 
             async def send(seq: int) -> None:
                 px = pattern_frame(96, 128, seq)
-                await pub.send_multipart([frame_header("zcam", seq, seq * 66_667, 128, 96), px.tobytes()])
+                t = (seq * 3200 + np.arange(3200)) / 48_000  # a continuous 440 Hz tone, 1/15 s with each frame
+                pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+                header = frame_header("zcam", seq, seq * 66_667, 128, 96, audio=(48_000, 1))
+                await pub.send_multipart([header, px.tobytes(), pcm])
 
             for seq in range(4):
                 await send(seq)
             await asyncio.wait_for(sub.recv_multipart(), 20)  # the session exists and produces output
-            viewer = await whep_view(node.url, "zcam")
+            viewer = await whep_view(node.url, "zcam", audio=True)
             assert viewer.status == 201, viewer.body
             got_zmq = 1
             seq = 4
-            while len(viewer.rx) < 10:
+            while len(viewer.rx) < 10 or len(viewer.audio_rx) < 25:
                 await send(seq)
                 seq += 1
                 await asyncio.sleep(1 / 15)
@@ -107,6 +110,8 @@ async def test_whep_views_a_zeromq_stream() -> None:
                         break
                 assert seq < 400, "WHEP viewer got no frames"
             assert viewer.rx.pixels[-1].shape == (96, 128, 3)
+            # The frames' audio reaches the viewer too (it leaves the node with its frame): the tone, not silence.
+            assert float(np.median(viewer.audio_rx.rms[-10:])) > 2000, viewer.audio_rx.rms[-10:]
             assert got_zmq >= seq - 12  # the ZeroMQ output kept flowing beside the viewer
             # The ZeroMQ publisher goes quiet: the idle session is reclaimed and its viewer closed.
             await node.wait_for(lambda st: st["viewers"] == 0, 5, "viewer of a reclaimed session let go")

@@ -28,7 +28,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, AudioResampler, VideoFrame
 
-from vidfx.stream.session import OutputFrame, Session
+from vidfx.stream.session import AudioPart, OutputFrame, Session
 from vidfx.webrtc.handoff import HandoffClosed, LatestSlot
 
 log = logging.getLogger("vidfx.webrtc")
@@ -196,6 +196,19 @@ class AudioChunk:
     layout: str  # "mono" or "stereo"
     sample_rate: int
     received: float  # time.monotonic() when it reached the node
+    delayed: bool = True  # held back by the video latency; False: it left with its own video frame (ZeroMQ)
+
+
+def audio_part_chunks(part: AudioPart, now: float) -> list[AudioChunk]:
+    """A ZeroMQ frame's audio (any length) → 20 ms chunks (a WebRTC audio frame each; aiortc's encoders send one
+    RTP timestamp per frame) and a shorter last one, already in sync with the frame it rode with."""
+    samples = np.frombuffer(part.pcm, "<i2").reshape(-1, part.channels)
+    step = max(1, part.rate // 50)
+    layout = "stereo" if part.channels == 2 else "mono"
+    return [
+        AudioChunk(np.ascontiguousarray(samples[i : i + step]).reshape(1, -1), layout, part.rate, now, delayed=False)
+        for i in range(0, len(samples), step)
+    ]
 
 
 class AudioIngest:
@@ -362,7 +375,8 @@ class AudioOutputTrack(MediaStreamTrack):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            wait = self.queue[0].received + self._output.audio_delay_s() - time.monotonic()
+            head = self.queue[0]
+            wait = head.received + (self._output.audio_delay_s() if head.delayed else 0.0) - time.monotonic()
             if wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -479,6 +493,9 @@ class StreamOutput:
         self.latency.add(1000.0 * (now - frame.received), now=now)
         for track in self.subscribers:
             track.slot.put(frame)
+        if frame.audio is not None:  # a ZeroMQ frame's own audio: it leaves with it
+            for chunk in audio_part_chunks(frame.audio, now):
+                self.push_audio(chunk)
 
     @property
     def dropped(self) -> int:
