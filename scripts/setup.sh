@@ -23,6 +23,14 @@ if [ "$dev" = 1 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
       || echo "setup: could not install chromium; the browser test will be skipped" >&2
   fi
+  # A GStreamer webrtcbin WHIP publisher for the interop test (tests/test_gstreamer_whip.py): it runs under the
+  # system Python (/usr/bin/python3), where Debian's python3-gi lives, not in this virtualenv.
+  if [ "$(id -u)" = 0 ] && ! /usr/bin/python3 tests/gst_whip_publisher.py --check >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-gi gir1.2-gstreamer-1.0 \
+      gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+      gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly >/dev/null) \
+      || echo "setup: could not install GStreamer; the GStreamer WHIP test will be skipped" >&2
+  fi
 else
   pip_install -e .
 fi

@@ -120,3 +120,68 @@ def test_generate_refuses_an_image_after_the_start(pipe) -> None:  # type: ignor
         pipe.generate_chunk(state, (64, 64), image=np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(av.error.FFmpegError):  # type: ignore[attr-defined]
         open_video(Path(__file__))  # a Python file is no video: PyAV says so, vidfx run turns it into rc 2
+
+
+def _write_clip_with_click(path: Path, seconds: float, click_s: float, fps: int = 24, rate: int = 44_100) -> None:
+    """A moving gradient with a 20 ms 1 kHz click at `click_s`, silence elsewhere: H.264 + AAC in MP4."""
+    frames = write_clip(path.with_suffix(".video.mp4"), round(seconds * fps), (64, 64), fps)
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        t = np.arange(round(seconds * rate)) / rate
+        pcm = np.where((t >= click_s) & (t < click_s + 0.02), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0)
+        for i in range(0, len(pcm), 1024):
+            frame = av.AudioFrame.from_ndarray(pcm[None, i : i + 1024].astype(np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i
+            out.mux(audio.encode(frame))
+        for i, rgb in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = i
+            out.mux(video.encode(vf))
+        out.mux(audio.encode(None))
+        out.mux(video.encode(None))
+
+
+def _click_time(path: Path) -> tuple[float, float, int]:
+    """(time of the first sample above half the click's amplitude, audio duration s, audio streams) of a file."""
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return float("nan"), 0.0, 0
+        rate = c.streams.audio[0].codec_context.sample_rate
+        pcm = np.concatenate(
+            [
+                f.to_ndarray().astype(np.float64).reshape(-1, len(f.layout.channels))
+                if not f.format.is_planar
+                else f.to_ndarray().T.astype(np.float64)
+                for f in c.decode(audio=0)
+            ]
+        )
+        return float(np.argmax(np.abs(pcm[:, 0]) > 0.25) / rate), len(pcm) / rate, len(c.streams.audio)
+
+
+@pytest.mark.parametrize("max_frames", [None, 18])
+def test_run_keeps_the_input_audio_in_sync(tmp_path: Path, pipe, max_frames: int | None) -> None:  # type: ignore[no-untyped-def]
+    """`vidfx run` copies the input's audio beside the stylised video: a click at 0.5 s is still at 0.5 s (to
+    within a few ms of AAC framing), and the audio ends with the video (also when cut short by --max-frames)."""
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    _write_clip_with_click(src, seconds=1.5, click_s=0.5)
+    click_in, _, _ = _click_time(src)
+    assert abs(click_in - 0.5) < 0.01  # the test input itself is right
+    stats = stylize_video(pipe, src, dst, StreamParams(prompts=(("a pencil sketch", 1.0),)), max_frames=max_frames)
+    click_out, duration, streams = _click_time(dst)
+    assert streams == 1
+    video_s = stats.frames / stats.fps
+    assert stats.frames == (max_frames or 36)
+    assert abs(click_out - click_in) < 0.01, (click_in, click_out)
+    assert video_s - 0.05 < duration < video_s + 0.1, (duration, video_s)
+    video, _ = decode(dst)
+    assert video.shape == (stats.frames, 64, 64, 3)
+
+
+def test_run_without_audio_writes_no_audio(tmp_path: Path, pipe) -> None:  # type: ignore[no-untyped-def]
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_clip(src, 5, (64, 64))
+    stylize_video(pipe, src, dst, StreamParams(prompts=(("a pencil sketch", 1.0),)))
+    assert _click_time(dst)[2] == 0

@@ -43,6 +43,17 @@ return {out: grab(document.getElementById('output')), cam: grab(document.getElem
 """
 
 
+# Audio RTP packets the page has received (its return leg), from the page's own RTCPeerConnection stats.
+AUDIO_PACKETS_IN = """
+const done = arguments[arguments.length - 1];
+window.vidfx.pc.getStats().then((report) => {
+  let n = 0;
+  report.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') n += s.packetsReceived; });
+  done(n);
+});
+"""
+
+
 def _browser(tmp: Path) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -108,10 +119,16 @@ async def test_page_in_headless_chromium() -> None:
                 assert looks == ["pencil sketch", "thermal camera", "watercolor painting", "vintage sepia",
                                  "comic book style", "night vision"]  # fmt: skip
 
+                driver.find_element(By.ID, "audio").click()  # the fake microphone (a beep) goes along
                 driver.find_element(By.ID, "start").click()
                 await _until(lambda: driver.execute_script("return window.vidfx.state") == "live", 30, "page live")
                 stream = driver.execute_script("return window.vidfx.stream")
                 assert stream.startswith("offer-")
+                # The microphone reaches the node and comes back on the return leg, into the output <video>.
+                await node.wait_for(lambda st: st["outputs"][stream]["audio_frames"] > 50, 20, "page audio in")
+                await _until(lambda: driver.execute_async_script(AUDIO_PACKETS_IN) > 50, 20, "audio back")
+                tracks = "return document.getElementById('output').srcObject.getAudioTracks().length"
+                assert driver.execute_script(tracks) == 1
 
                 # Stylised frames reach the page: the output <video> plays and its pixels are a real picture.
                 # (With no prompt the default model keeps the input's colours; a look chip asks for a change.)

@@ -102,3 +102,26 @@ async def test_offer_limits_resolution() -> None:
             assert peer.rx.pixels[-1].shape == (48, 64, 3)
         finally:
             await peer.close()
+
+
+async def test_page_audio_comes_back_on_the_return_leg() -> None:
+    """A page that sends audio sendrecv gets it back beside the stylised video, clicks intact; the node's status
+    shows the audio delay it applies (the measured video latency)."""
+    from vidfx.webrtc.stamp import FlashClick, onsets
+
+    clicks = FlashClick(128, 96, fps=15.0, period_s=1.0)
+    async with running_node() as node:
+        peer = await open_page_peer(node.url, fps=15.0, audio=clicks.audio)
+        try:
+            stream = peer.answer["stream"]
+            audio_answer = peer.answer["sdp"].split("m=audio", 1)[1]
+            assert "a=sendrecv" in audio_answer
+            await wait_frames(peer.rx, 30, timeout=30)
+            deadline = time.monotonic() + 20
+            while len(onsets(peer.audio_rx.times, peer.audio_rx.rms, 3000.0)) < 3:
+                assert time.monotonic() < deadline, f"{len(peer.audio_rx)} audio frames, clicks not heard back"
+                await asyncio.sleep(0.1)
+            out = (await node.status())["outputs"][stream]
+            assert out["audio_frames"] > 0 and out["audio_subscribers"] == 1 and out["audio_delay_ms"] > 0
+        finally:
+            await peer.close()

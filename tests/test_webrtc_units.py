@@ -115,6 +115,21 @@ def test_marker_jitter_buffer_releases_frames_a_frame_earlier() -> None:
     assert frame is not None and frame.data == bytes([0, 0, 0, 1, 0, 2])
 
 
+def test_marker_jitter_buffer_releases_audio_packets_on_arrival() -> None:
+    """aiortc holds audio 4 packets (80 ms of Opus) plus one; the node's buffer passes each packet on at once,
+    in order (a packet after a gap waits for the missing one)."""
+    packets = _packets([1] * 8, first_seq=65533)
+    stock = _feed(JitterBuffer(capacity=16, prefetch=4), packets)
+    fast = _feed(MarkerJitterBuffer(capacity=16, prefetch=4), packets)
+    assert [i for i, _, _ in fast] == list(range(8))
+    assert [i for i, _, _ in stock] == [4, 5, 6, 7]  # packet 0 comes out when packet 4 arrives
+    assert [(ts, d) for _, ts, d in stock] == [(ts, d) for _, ts, d in fast[:4]]
+    buf = MarkerJitterBuffer(capacity=16, prefetch=4)
+    assert _feed(buf, [packets[0], packets[2]]) == [(0, 0, bytes([0, 0]))]
+    _, frame = buf.add(packets[1])
+    assert frame is not None and frame.timestamp == 3000
+
+
 def test_frames_fit_the_limits_and_pts_round_trip() -> None:
     assert fit_within(1920, 1080, 1280, 720) == (1280, 720)
     assert fit_within(640, 480, 1920, 1080) == (640, 480)
@@ -128,3 +143,53 @@ def test_frames_fit_the_limits_and_pts_round_trip() -> None:
         assert rgb_to_frame(rgb, frame_pts_us(frame)).pts == pts  # type: ignore[arg-type]
     odd = rgb_to_frame(rgb[:95, :127], 0)
     assert (odd.height, odd.width) == (94, 126)  # 4:2:0 codecs need even sizes
+
+
+def test_dtls_adjustment_offers_rsa_suites_and_is_idempotent() -> None:
+    """`allow_rsa_dtls` wraps aiortc's context factory once (however often it is called): the context then offers
+    ECDHE-RSA beside aiortc's ECDHE-ECDSA suites. If aiortc renames what it wraps, the call raises."""
+    from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, RTCCertificate
+    from OpenSSL import SSL
+
+    from vidfx.webrtc.aiortc_adjust import allow_rsa_dtls
+
+    def ciphers() -> list[str]:
+        ctx = RTCCertificate.generateCertificate()._create_ssl_context([SRTP_AES128_CM_SHA1_80])
+        return SSL.Connection(ctx, None).get_cipher_list()
+
+    stock = RTCCertificate.__dict__["_create_ssl_context"]
+    stock = getattr(stock, "vidfx_original", stock)
+    allow_rsa_dtls()
+    allow_rsa_dtls()
+    assert RTCCertificate._create_ssl_context.vidfx_original is stock  # wrapped once, around aiortc's own
+    offered = ciphers()
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in offered and "ECDHE-ECDSA-AES128-GCM-SHA256" in offered
+    assert offered.index("ECDHE-ECDSA-AES128-GCM-SHA256") < offered.index("ECDHE-RSA-AES128-GCM-SHA256")
+
+
+async def test_ice_gathering_waits_a_bounded_time_for_a_dead_stun_server() -> None:
+    """aioice waits 5 s for a STUN server that never answers; bounded, gathering returns the host candidates once
+    the bound has passed, and the dead server's srflx candidate is simply missing."""
+    import socket
+    import time
+
+    import aioice
+
+    from vidfx.webrtc.aiortc_adjust import bound_ice_gathering
+
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    try:
+        bound_ice_gathering(0.3)
+        conn = aioice.Connection(ice_controlling=True, stun_server=dead.getsockname())
+        t0 = time.monotonic()
+        await conn.gather_candidates()
+        took = time.monotonic() - t0
+        assert dead.recv(2048)  # it was asked
+        assert took < 2.0, f"gathering took {took:.2f} s (aioice alone: 5 s)"
+        types = {c.type for c in conn.local_candidates}
+        assert types == {"host"}, types
+        await conn.close()
+    finally:
+        bound_ice_gathering(5.0)
+        dead.close()

@@ -71,8 +71,8 @@ async def test_whip_publish_whep_view_delete() -> None:
 
 
 async def test_whep_views_a_zeromq_stream() -> None:
-    """A session fed by ZeroMQ is watchable over WHEP; the ZeroMQ subscriber still gets every frame; when the
-    publisher stops and the session is reclaimed, the viewer is let go."""
+    """A session fed by ZeroMQ is watchable over WHEP, with the audio its frames carry; the ZeroMQ subscriber still
+    gets every frame; when the publisher stops and the session is reclaimed, the viewer is let go."""
     async with running_node("--stream-idle-timeout-s", "1") as node:
         ctx = zmq.asyncio.Context()
         pub = ctx.socket(zmq.XPUB)
@@ -86,16 +86,19 @@ async def test_whep_views_a_zeromq_stream() -> None:
 
             async def send(seq: int) -> None:
                 px = pattern_frame(96, 128, seq)
-                await pub.send_multipart([frame_header("zcam", seq, seq * 66_667, 128, 96), px.tobytes()])
+                t = (seq * 3200 + np.arange(3200)) / 48_000  # a continuous 440 Hz tone, 1/15 s with each frame
+                pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+                header = frame_header("zcam", seq, seq * 66_667, 128, 96, audio=(48_000, 1))
+                await pub.send_multipart([header, px.tobytes(), pcm])
 
             for seq in range(4):
                 await send(seq)
             await asyncio.wait_for(sub.recv_multipart(), 20)  # the session exists and produces output
-            viewer = await whep_view(node.url, "zcam")
+            viewer = await whep_view(node.url, "zcam", audio=True)
             assert viewer.status == 201, viewer.body
             got_zmq = 1
             seq = 4
-            while len(viewer.rx) < 10:
+            while len(viewer.rx) < 10 or len(viewer.audio_rx) < 25:
                 await send(seq)
                 seq += 1
                 await asyncio.sleep(1 / 15)
@@ -107,6 +110,8 @@ async def test_whep_views_a_zeromq_stream() -> None:
                         break
                 assert seq < 400, "WHEP viewer got no frames"
             assert viewer.rx.pixels[-1].shape == (96, 128, 3)
+            # The frames' audio reaches the viewer too (it leaves the node with its frame): the tone, not silence.
+            assert float(np.median(viewer.audio_rx.rms[-10:])) > 2000, viewer.audio_rx.rms[-10:]
             assert got_zmq >= seq - 12  # the ZeroMQ output kept flowing beside the viewer
             # The ZeroMQ publisher goes quiet: the idle session is reclaimed and its viewer closed.
             await node.wait_for(lambda st: st["viewers"] == 0, 5, "viewer of a reclaimed session let go")
@@ -140,6 +145,17 @@ async def test_whip_bearer_token() -> None:
 
         pub = await whip_publish(node.url, "secure", token=TOKEN)
         assert pub.status == 201, pub.body
+        # What OBS and the common servers rely on: an ETag, and CORS exposing the headers a page must read.
+        assert re.fullmatch(r'"[0-9a-f]{32}"', pub.headers["ETag"])
+        exposed = {h.strip() for h in pub.headers["Access-Control-Expose-Headers"].split(",")}
+        assert {"Location", "ETag", "Link"} <= exposed
+        # The auth scheme is case-insensitive (RFC 7235): "bearer", "BEARER" work too; the token itself is not.
+        async with aiohttp.ClientSession() as http:
+            cases = [(f"bearer {TOKEN}", 200), (f"BEARER  {TOKEN}", 200), (f"Bearer {TOKEN.upper()}", 401),
+                     (f"Basic {TOKEN}", 401), (TOKEN, 401)]  # fmt: skip
+            for header, expected in cases:
+                async with http.get(node.url + "/webrtc/status", headers={"Authorization": header}) as r:
+                    assert r.status == expected, header
         viewer = await whep_view(node.url, "secure", token=TOKEN)
         assert viewer.status == 201
         await wait_frames(viewer.rx, 3, timeout=20)
@@ -280,8 +296,8 @@ def test_stamp_survives_vp8() -> None:
 
 
 async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
-    """What OBS sends: H.264 video plus Opus audio. The video is decoded and stylised; the audio is answered
-    `inactive` (the node processes video only), so the publisher sends none."""
+    """What OBS sends: H.264 video plus Opus audio. The video is decoded and stylised; the audio is received
+    (answered `recvonly`) and goes out to WHEP viewers that ask for it."""
     from aiortc import AudioStreamTrack, RTCRtpSender, RTCSessionDescription
 
     from vidfx.webrtc.stamp import SyntheticVideoTrack
@@ -298,11 +314,96 @@ async def test_whip_like_obs_h264_video_and_opus_audio() -> None:
         sections = {part.split(" ", 1)[0]: part for part in answer.split("\r\nm=")[1:]}  # kind → its lines
         video_part, audio_part = sections["video"], sections["audio"]
         assert "H264/90000" in video_part and "VP8" not in video_part
-        assert "a=inactive" in audio_part
+        assert "a=recvonly" in audio_part and "opus/48000" in audio_part
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        viewer = await whep_view(node.url, "obs")
+        viewer = await whep_view(node.url, "obs", audio=True)
+        assert "a=sendonly" in viewer.body.split("m=audio", 1)[1]
         await wait_frames(viewer.rx, 10, timeout=20)
         (publisher,) = [p for p in (await node.status())["peers"] if p["role"] == "publisher"]
         assert publisher["frames_in"] >= 10 and publisher["size"] == [128, 96]
+        assert publisher["audio_frames_in"] > 0
+        await node.wait_for(lambda st: st["outputs"]["obs"]["audio_frames"] > 50, 10, "audio flows")
+        while len(viewer.audio_rx) < 25:  # aiortc's AudioStreamTrack sends silence: frames, not levels
+            assert viewer.pc.connectionState == "connected"
+            await asyncio.sleep(0.1)
+        assert set(viewer.audio_rx.rates) == {48000}
         await pc.close()
+        await viewer.pc.close()
+
+
+@pytest.mark.parametrize("node_role", ["client", "server"])
+async def test_whip_publisher_with_an_rsa_certificate_connects_in_either_dtls_role(node_role: str) -> None:
+    """GStreamer-like publisher: RSA DTLS certificate and OpenSSL's default cipher list. With the node as DTLS
+    client (its default as answerer) the publisher, as server, must pick an ECDHE-RSA suite: this is what
+    `vidfx.webrtc.aiortc_adjust.allow_rsa_dtls` makes possible; stock aiortc fails with "no shared cipher". With
+    the node as DTLS server (the offer says a=setup:active) the node's ECDSA suite is picked and the client
+    authenticates with its RSA key."""
+    from aiortc import RTCSessionDescription
+
+    from tests.webrtc_harness import use_rsa_certificate
+    from vidfx.webrtc.stamp import SyntheticVideoTrack
+
+    async with running_node() as node:
+        pc = new_pc()
+        use_rsa_certificate(pc)
+        pc.addTransceiver(SyntheticVideoTrack(128, 96, fps=15), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if node_role == "server":
+            offer = offer.replace("a=setup:actpass", "a=setup:active")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(node.url + "/whip/rsa", data=offer, headers={"Content-Type": "application/sdp"}) as r,
+        ):
+            assert r.status == 201, await r.text()
+            answer = await r.text()
+        assert ("a=setup:active" if node_role == "client" else "a=setup:passive") in answer
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        viewer = await whep_view(node.url, "rsa")
+        assert viewer.status == 201, viewer.body
+        await wait_frames(viewer.rx, 10, timeout=20)
+        assert pc.connectionState == "connected"
+        cipher = pc.getTransceivers()[0].sender.transport._ssl.get_cipher_name()  # whichever the server picked
+        assert cipher.startswith("ECDHE-RSA-" if node_role == "client" else "ECDHE-ECDSA-"), cipher
+        await pc.close()
+        await viewer.pc.close()
+
+
+async def test_audio_comes_back_in_sync_with_the_stylised_video() -> None:
+    """A click and a white flash sent in the same instant reach a WHEP viewer together: the node holds the audio
+    back by the measured video latency (about a chunk through the model; almost nothing while paused), so both
+    come out, the click within a frame of its flash. Without the delay the click would lead by the whole
+    latency (≈ 240 ms here). The figure for the record is benchmarks/bench_av_sync.py's."""
+    from tests.webrtc_harness import measure_av_sync
+    from vidfx.webrtc.jitter import enable_marker_frames
+
+    enable_marker_frames(True)  # this viewer releases frames as a browser does (see vidfx.webrtc.jitter)
+    try:
+        async with running_node() as node:
+            sync = await measure_av_sync(node, "av", seconds=6.0)
+            # Both phases: every flash found has its click, and they line up.
+            assert len(sync.paused_ms) >= 2 and len(sync.model_ms) >= 4, sync
+            assert sync.audio_delay_ms["model"] > 100 and sync.audio_delay_ms["paused"] < 60, sync
+            assert abs(float(np.median(sync.model_ms))) < 67, sync  # within a frame interval at 15 fps
+            assert abs(float(np.median(sync.paused_ms))) < 67, sync
+    finally:
+        enable_marker_frames(False)
+
+
+async def test_video_only_publisher_and_an_audio_viewer() -> None:
+    """A publisher without audio works as before; a viewer that asks for audio gets the video and a silent
+    (frameless) audio track, and nothing breaks."""
+    async with running_node() as node:
+        pub = await whip_publish(node.url, "mute")
+        assert pub.status == 201 and "m=audio" not in pub.body
+        viewer = await whep_view(node.url, "mute", audio=True)
+        assert viewer.status == 201, viewer.body
+        await wait_frames(viewer.rx, 10, timeout=20)
+        st = await node.status()
+        assert st["outputs"]["mute"]["audio_frames"] == 0 and st["outputs"]["mute"]["audio_subscribers"] == 1
+        assert len(viewer.audio_rx) == 0
+        assert await pub.delete() == 200
+        await node.wait_for(lambda st: st["publishers"] == 0 and st["viewers"] == 0, 5, "freed")
+        await asyncio.wait_for(viewer.audio_rx.ended.wait(), 10)
+        await pub.pc.close()
         await viewer.pc.close()

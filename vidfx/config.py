@@ -99,7 +99,12 @@ class WebRTCSettings(_Section):
     max_peers: int = Field(4, ge=1, description="WebRTC publishers (page, WHIP) at once (sessions also count)")
     max_viewers: int = Field(16, ge=0, description="WHEP viewers at once, all streams together")
     connect_timeout_s: float = Field(5.0, gt=0, description="drop a peer whose ICE/DTLS is not connected by then")
-    media_timeout_s: float = Field(3.0, gt=0, description="drop a publisher that sends no video for this long")
+    media_timeout_s: float = Field(
+        3.0, gt=0, description="drop a publisher that sends no video, or a viewer that sends no RTCP, for this long"
+    )
+    ice_gather_timeout_s: float = Field(
+        0.5, gt=0, le=10, description="longest wait for STUN/TURN servers while gathering (host candidates: none)"
+    )
     loopback_candidates: bool = Field(
         False, description="also offer 127.0.0.1 host candidates (single-machine setups and tests)"
     )
@@ -114,6 +119,9 @@ class LimitSettings(_Section):
     max_width: int = Field(1920, ge=16, description="largest accepted frame width")
     max_height: int = Field(1080, ge=16, description="largest accepted frame height")
     max_header_bytes: int = Field(1024, ge=64, description="largest frame header")
+    max_audio_bytes: int = Field(
+        192_000, ge=0, description="largest audio part of a ZeroMQ frame (1 s of 48 kHz stereo s16; 0: no audio)"
+    )
     max_control_bytes: int = Field(16384, ge=256, description="largest control message")
     max_prompt_chars: int = Field(500, ge=1, description="longest prompt")
     max_prompts: int = Field(8, ge=1, description="most prompts in a weighted blend")

@@ -6,7 +6,9 @@ runs in bounded memory and looks as it would streamed live. What the live engine
 when behind, batching sessions) has no place here: a file never drops a frame.
 
 Input is anything PyAV decodes; the output is H.264 (yuv420p, or yuv444p when a side is odd, which 4:2:0
-cannot hold) in an MP4 unless the name or `codec` says otherwise. Audio is not copied.
+cannot hold) in an MP4 unless the name or `codec` says otherwise. `vidfx run` keeps the input's audio: its
+first audio stream is re-encoded (AAC, or Opus into WebM) beside the stylised video, on the same clock, cut where
+the video ends.
 """
 
 from __future__ import annotations
@@ -79,6 +81,73 @@ class VideoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AudioCopier:
+    """The first audio stream of `src` re-encoded into `writer`'s container, in step with the video.
+
+    Lifecycle: created right after the writer and before its first frame (a container's streams are fixed once
+    it writes); `write_until(t)` muxes the audio up to `t` seconds of output video (so the file stays
+    interleaved), `finish(t)` the rest up to `t` and flushes the encoder; `close()` closes the source. Audio is
+    placed on the video's clock: input time − the first video frame's time (audio before that is dropped)."""
+
+    def __init__(self, src: str | Path, writer: VideoWriter, video_start_s: float) -> None:
+        self.source = av.open(str(src))
+        self.input = self.source.streams.audio[0]
+        rate = self.input.codec_context.sample_rate or 48_000
+        webm = Path(writer.container.name).suffix.lower() in (".webm", ".mkv")
+        self.output = writer.container.add_stream("libopus" if webm else "aac", rate=48_000 if webm else rate)
+        self.output.layout = "stereo" if (self.input.codec_context.channels or 2) > 1 else "mono"
+        self.resampler = av.AudioResampler(
+            format=self.output.codec_context.format, layout=self.output.layout, rate=self.output.codec_context.rate
+        )
+        self.container = writer.container
+        self.start_s = video_start_s
+        self.samples = 0  # written so far, on the output's clock
+        self._frames = self.source.decode(self.input)
+        self._pending: av.AudioFrame | None = None  # decoded but beyond the last write_until
+
+    @staticmethod
+    def has_audio(src: str | Path) -> bool:
+        with av.open(str(src)) as container:
+            return bool(container.streams.audio)
+
+    def write_until(self, t_s: float) -> None:
+        rate = self.output.codec_context.rate
+        while self.samples < t_s * rate:
+            frame = self._pending or next(self._frames, None)
+            self._pending = None
+            if frame is None:
+                return
+            start = (frame.time or 0.0) - self.start_s
+            if start >= t_s:
+                self._pending = frame
+                return
+            for out in self.resampler.resample(frame):
+                skip = max(0, round(-start * rate)) if start < 0 else 0  # before the first video frame
+                if skip >= out.samples:
+                    continue
+                if skip:
+                    out = _audio_tail(out, skip)
+                out.pts, out.time_base = self.samples, Fraction(1, rate)
+                self.samples += out.samples
+                self.container.mux(self.output.encode(out))
+
+    def finish(self, t_s: float) -> None:
+        self.write_until(t_s)
+        self.container.mux(self.output.encode(None))
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def _audio_tail(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
+    """`frame` without its first `skip` samples (planar or packed)."""
+    data = frame.to_ndarray()
+    data = data[:, skip:] if frame.format.is_planar else data[:, skip * len(frame.layout.channels) :]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name, layout=frame.layout.name)
+    out.sample_rate = frame.sample_rate
+    return out
 
 
 def count_frames(path: str | Path) -> int | None:
@@ -155,23 +224,41 @@ def stylize_video(
     max_frames: int | None = None,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate)."""
+    """Re-render every frame of `src` through the pipeline into `dst` (same frame count, size and rate), with
+    `src`'s audio (if any) re-encoded beside it."""
     frames, fps, _ = open_video(src)
+    first_pts_us: list[int] = []
+
+    def noting_start(items: Iterable[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, int]]:
+        for rgb, pts_us in items:
+            if not first_pts_us:
+                first_pts_us.append(pts_us)
+            yield rgb, pts_us
+
     writer: VideoWriter | None = None
+    audio: AudioCopier | None = None
     count = chunks = 0
     try:
-        for out in stylize_frames(pipe, itertools.islice(frames, max_frames), params):
+        for out in stylize_frames(pipe, noting_start(itertools.islice(frames, max_frames)), params):
             if writer is None:
                 writer = VideoWriter(dst, out.shape[1:3], fps, codec, crf)
+                if AudioCopier.has_audio(src):
+                    audio = AudioCopier(src, writer, first_pts_us[0] / 1e6)
             writer.write(out)
             count += len(out)
             chunks += 1
+            if audio is not None:
+                audio.write_until(count / float(fps))
             if progress:
                 progress(len(out))
         if writer is None:
             raise ValueError(f"{src}: no frames decoded")
+        if audio is not None:
+            audio.finish(count / float(fps))
     finally:
         frames.close()  # type: ignore[attr-defined]
+        if audio is not None:
+            audio.close()
         if writer is not None:
             writer.close()
     return RunStats(count, (writer.stream.height, writer.stream.width), float(fps), chunks)

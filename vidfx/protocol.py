@@ -2,7 +2,10 @@
 
 Frames (ZeroMQ data plane) are two-part messages: a msgpack header map and the raw pixels,
     {"v": 1, "stream": str, "seq": int, "pts_us": int, "w": int, "h": int, "fmt": "rgb24"} + h·w·3 bytes;
-the output uses the same envelope with the same `stream` and `seq`.
+the output uses the same envelope with the same `stream` and `seq`. A frame may carry audio, as a third part:
+    header + {"audio": {"rate": int, "channels": 1 | 2, "fmt": "s16"}}, pixels, PCM (interleaved s16le)
+— the audio captured since the previous frame; it comes back, unchanged, as the third part of that frame's
+output (so it stays in sync with it; it is dropped with the frame).
 
 Control messages are msgpack maps, the same on a ZeroMQ ROUTER and (later) a WebRTC data channel:
     {"op": "set", "stream": s, "prompt"?: str, "prompts"?: [{"text": str, "weight": float}, …],
@@ -76,6 +79,14 @@ def describe(exc: ValidationError) -> str:
 # -- frames ------------------------------------------------------------------------------------------------------
 
 
+class AudioHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    rate: int = Field(ge=8000, le=192_000)
+    channels: Literal[1, 2]
+    fmt: Literal["s16"]
+
+
 class FrameHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -87,6 +98,7 @@ class FrameHeader(BaseModel):
     h: int = Field(gt=0)
     fmt: Literal["rgb24"]
     token: str | None = None
+    audio: AudioHeader | None = None  # a third message part carries PCM
 
     @property
     def payload_bytes(self) -> int:
@@ -108,8 +120,27 @@ def parse_frame(header: bytes, payload: bytes | memoryview, limits: LimitSetting
     return h
 
 
-def frame_header(stream: str, seq: int, pts_us: int, w: int, h: int) -> bytes:
-    return pack({"v": PROTOCOL_VERSION, "stream": stream, "seq": seq, "pts_us": pts_us, "w": w, "h": h, "fmt": "rgb24"})
+def check_audio_part(header: FrameHeader, pcm_bytes: int | None, limits: LimitSettings) -> None:
+    """The optional third part (`pcm_bytes`: its length, None when absent) against the header and the limits."""
+    if header.audio is None:
+        if pcm_bytes is not None:
+            raise ProtocolError("a third message part needs an 'audio' map in the header")
+        return
+    if pcm_bytes is None:
+        raise ProtocolError("the header announces audio but the message has no third part")
+    if pcm_bytes > limits.max_audio_bytes:
+        raise ProtocolError(f"audio part of {pcm_bytes} bytes exceeds the limit of {limits.max_audio_bytes}")
+    if pcm_bytes % (2 * header.audio.channels):
+        raise ProtocolError(f"audio part of {pcm_bytes} bytes is not whole s16 samples of {header.audio.channels} ch")
+
+
+def frame_header(stream: str, seq: int, pts_us: int, w: int, h: int, audio: tuple[int, int] | None = None) -> bytes:
+    """`audio`: (rate, channels) when a PCM part follows the pixels."""
+    head: dict[str, Any] = {"v": PROTOCOL_VERSION, "stream": stream, "seq": seq, "pts_us": pts_us, "w": w, "h": h,
+                            "fmt": "rgb24"}  # fmt: skip
+    if audio is not None:
+        head["audio"] = {"rate": audio[0], "channels": audio[1], "fmt": "s16"}
+    return pack(head)
 
 
 # -- control -----------------------------------------------------------------------------------------------------

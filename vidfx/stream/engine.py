@@ -219,7 +219,7 @@ class Engine:
             s.chunks += 1
             self.metrics.chunks.inc()
             for f, pixels in zip(job.frames, out[: job.real], strict=True):
-                self.deliver(s, OutputFrame(s.id, f.seq, f.pts_us, pixels, f.received, stylized=True))
+                self.deliver(s, OutputFrame(s.id, f.seq, f.pts_us, pixels, f.received, stylized=True, audio=f.audio))
         if s.paused:
             s.pass_through()
 

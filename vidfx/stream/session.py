@@ -33,12 +33,24 @@ if TYPE_CHECKING:
     from vidfx.stream.engine import Engine
 
 
+@dataclass(frozen=True, slots=True)
+class AudioPart:
+    """The audio that rides with one frame (ZeroMQ's optional third message part): what was captured since the
+    previous frame, interleaved signed 16-bit little-endian PCM. It leaves with that frame's output, so it stays
+    in sync however long the model takes, and goes when the frame is dropped."""
+
+    pcm: bytes  # n · channels · 2 bytes
+    rate: int  # samples per second
+    channels: int  # 1 or 2
+
+
 @dataclass(slots=True)
 class InputFrame:
     pixels: np.ndarray  # (H, W, 3) uint8
     seq: int
     pts_us: int
     received: float  # time.monotonic() on arrival
+    audio: AudioPart | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +61,7 @@ class OutputFrame:
     pixels: np.ndarray  # (H, W, 3) uint8, the input's size
     received: float  # when the input frame arrived (time.monotonic())
     stylized: bool  # False for frames passed through while paused
+    audio: AudioPart | None = None  # the input frame's
 
 
 Sink = Callable[[OutputFrame], None]
@@ -77,9 +90,18 @@ class Session:
         self.dropped: dict[str, int] = {}
 
     # -- input ---------------------------------------------------------------------------------------------
-    def submit(self, pixels: np.ndarray, pts_us: int, seq: int | None = None) -> bool:
+    def submit(
+        self,
+        pixels: np.ndarray,
+        pts_us: int,
+        seq: int | None = None,
+        received: float | None = None,
+        audio: AudioPart | None = None,
+    ) -> bool:
         """Queue one frame (H, W, 3) uint8. Returns False if the session is closed. Never blocks: beyond the
-        pending bound the oldest frames are dropped (counted as `overload`), so latency stays bounded."""
+        pending bound the oldest frames are dropped (counted as `overload`), so latency stays bounded.
+        `received`: when the frame reached the node (time.monotonic(); default now), if decoding came first.
+        `audio`: the audio riding with this frame, handed back with its output frame."""
         if self.closed:
             return False
         now = time.monotonic()
@@ -93,7 +115,7 @@ class Session:
         if self.pending and self.pending[-1].pixels.shape != pixels.shape:
             self._drop("resized", len(self.pending))
             self.pending.clear()
-        self.pending.append(InputFrame(pixels, seq, pts_us, now))
+        self.pending.append(InputFrame(pixels, seq, pts_us, now if received is None else received, audio))
         if self.paused and not self.in_flight:
             self.pass_through()
             return True
@@ -156,7 +178,9 @@ class Session:
         """Emit every pending frame unchanged (paused session, nothing in flight)."""
         while self.pending:
             f = self.pending.popleft()
-            self.engine.deliver(self, OutputFrame(self.id, f.seq, f.pts_us, f.pixels, f.received, stylized=False))
+            self.engine.deliver(
+                self, OutputFrame(self.id, f.seq, f.pts_us, f.pixels, f.received, stylized=False, audio=f.audio)
+            )
 
     def close(self) -> None:
         if self.closed:

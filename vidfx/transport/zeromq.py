@@ -1,6 +1,7 @@
 """ZeroMQ transport: the data plane (input SUB, output XPUB) and the control channel (ROUTER).
 
-Data: two-part messages `[msgpack header, raw rgb24 pixels]` (see `vidfx.protocol`). One session per `stream`
+Data: two-part messages `[msgpack header, raw rgb24 pixels]`, or three with the frame's audio (see
+`vidfx.protocol`); the audio goes back out as the third part of that frame's output. One session per `stream`
 id, opened on its first frame. The input socket keeps a small receive HWM and the receive loop drains every
 queued message at once, handing each to its session, whose bounded pending buffer keeps only the newest frames
 (CONFLATE would be simpler but drops multipart messages' parts). Output is an XPUB so the node can count its
@@ -24,10 +25,10 @@ import zmq
 import zmq.asyncio
 
 from vidfx.config import Settings
-from vidfx.protocol import FRAME_FORMATS, ProtocolError, frame_header, pack, parse_frame
+from vidfx.protocol import FRAME_FORMATS, ProtocolError, check_audio_part, frame_header, pack, parse_frame
 from vidfx.stream.control import ControlHandler, check_token
 from vidfx.stream.engine import Engine, SessionLimitError
-from vidfx.stream.session import OutputFrame
+from vidfx.stream.session import AudioPart, OutputFrame
 
 log = logging.getLogger("vidfx.zmq")
 
@@ -67,7 +68,9 @@ class ZmqDataPlane:
         self.input = ctx.socket(zmq.SUB)
         self.input.setsockopt(zmq.RCVHWM, z.rcvhwm)
         # A peer sending anything larger than the largest allowed frame is disconnected by ZeroMQ itself.
-        self.input.setsockopt(zmq.MAXMSGSIZE, lim.max_width * lim.max_height * max(FRAME_FORMATS.values()))
+        self.input.setsockopt(
+            zmq.MAXMSGSIZE, max(lim.max_width * lim.max_height * max(FRAME_FORMATS.values()), lim.max_audio_bytes)
+        )
         self.input.setsockopt(zmq.LINGER, 0)
         self.input.setsockopt(zmq.SUBSCRIBE, b"")
         self.output = ctx.socket(zmq.XPUB)
@@ -99,9 +102,10 @@ class ZmqDataPlane:
         metrics = self.engine.metrics
         metrics.frames_received.inc()
         try:
-            if len(parts) != 2:
-                raise ProtocolError(f"a frame is 2 message parts (header, pixels), got {len(parts)}")
+            if len(parts) not in (2, 3):
+                raise ProtocolError(f"a frame is 2 message parts (header, pixels) or 3 (+ audio), got {len(parts)}")
             header = parse_frame(parts[0].bytes, parts[1].buffer, self.limits)
+            check_audio_part(header, len(parts[2].buffer) if len(parts) == 3 else None, self.limits)
         except ProtocolError as exc:
             metrics.drop("malformed")
             self._warn_once("malformed", f"dropping malformed frame: {exc}")
@@ -121,15 +125,22 @@ class ZmqDataPlane:
         elif session.sink is None:
             session.sink = self.publish  # opened by a control `set` before its first frame
         pixels = np.frombuffer(parts[1].buffer, np.uint8).reshape(header.h, header.w, 3)  # zero-copy view
-        session.submit(pixels, header.pts_us, header.seq)
+        audio = None
+        if header.audio is not None:
+            audio = AudioPart(parts[2].bytes, header.audio.rate, header.audio.channels)
+        session.submit(pixels, header.pts_us, header.seq, audio=audio)
 
     def publish(self, frame: OutputFrame) -> None:
         h, w = frame.pixels.shape[:2]
         # A non-blocking send on the asyncio socket resolves at once; its failure is in the future, not raised.
-        sent = self.output.send_multipart(
-            [frame_header(frame.stream, frame.seq, frame.pts_us, w, h), np.ascontiguousarray(frame.pixels)],
-            flags=zmq.NOBLOCK,
-        )
+        a = frame.audio
+        parts: list[Any] = [
+            frame_header(frame.stream, frame.seq, frame.pts_us, w, h, None if a is None else (a.rate, a.channels)),
+            np.ascontiguousarray(frame.pixels),
+        ]
+        if a is not None:
+            parts.append(a.pcm)
+        sent = self.output.send_multipart(parts, flags=zmq.NOBLOCK)
         if sent.done() and sent.exception() is not None:  # Again: no peer yet in connect mode
             self.engine.metrics.drop("output_overflow")
 

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   state: $("state"), model: $("model"), stream: $("stream"), camera: $("camera"), output: $("output"),
-  start: $("start"), stop: $("stop"), pause: $("pause"), tokenRow: $("token-row"), token: $("token"),
+  start: $("start"), stop: $("stop"), pause: $("pause"), tokenRow: $("token-row"), token: $("token"), audio: $("audio"),
   form: $("prompt-form"), prompt: $("prompt"), looks: $("looks"),
   strength: $("strength"), strengthValue: $("strength-value"), steps: $("steps"), stepsValue: $("steps-value"),
   fpsIn: $("fps-in"), fpsOut: $("fps-out"), p50: $("lat-p50"), p95: $("lat-p95"), drops: $("drops"),
@@ -96,17 +96,22 @@ async function start() {
     if (vidfx.config.auth_required && !vidfx.config.authorised) throw new Error("this node needs a valid token");
     vidfx.camera = await navigator.mediaDevices.getUserMedia({
       video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
-      audio: false,
+      audio: ui.audio.checked, // off by default: your own voice comes back (delayed with the video)
     });
-    ui.camera.srcObject = vidfx.camera;
+    ui.camera.srcObject = new MediaStream(vidfx.camera.getVideoTracks()); // no local echo of the microphone
 
     setState("connecting", "connecting");
     const pc = new RTCPeerConnection({ iceServers: vidfx.config.ice_servers || [] });
     vidfx.pc = pc;
     const [track] = vidfx.camera.getVideoTracks();
     pc.addTransceiver(track, { direction: "sendrecv", streams: [vidfx.camera] });
+    const [mic] = vidfx.camera.getAudioTracks();
+    if (mic) pc.addTransceiver(mic, { direction: "sendrecv", streams: [vidfx.camera] }); // comes back in sync
+    const output = new MediaStream();
+    ui.output.srcObject = output;
     pc.addEventListener("track", (e) => {
-      ui.output.srcObject = new MediaStream([e.track]);
+      output.addTrack(e.track);
+      if (e.track.kind === "audio") ui.output.muted = false; // the user asked for it (a click started this)
     });
     pc.addEventListener("connectionstatechange", () => {
       const s = pc.connectionState;

@@ -18,7 +18,17 @@ async function play() {
   watch.state = "connecting";
   const pc = new RTCPeerConnection();
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addEventListener("track", (e) => { video.srcObject = new MediaStream([e.track]); });
+  pc.addTransceiver("audio", { direction: "recvonly" }); // the publisher's audio, delayed to match the video
+  const media = new MediaStream();
+  video.srcObject = media;
+  pc.addEventListener("track", (e) => {
+    media.addTrack(e.track);
+    if (e.track.kind === "audio") {
+      // With sound where the browser allows it (OBS Browser Sources do); muted otherwise, never paused.
+      video.muted = false;
+      video.play().catch(() => { video.muted = true; video.play().catch(() => {}); });
+    }
+  });
   const ended = new Promise((resolve) => {
     pc.addEventListener("connectionstatechange", () => {
       if (pc.connectionState === "connected") { watch.state = "live"; note.textContent = ""; }

@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS
 from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import SessionDescription
 from prometheus_client import Counter, Gauge
@@ -36,8 +37,8 @@ from vidfx.protocol import ProtocolError, pack, reply_error, unpack_map
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
-from vidfx.webrtc.jitter import enable_marker_frames
-from vidfx.webrtc.media import IngestPump, OutputTrack, StreamOutput
+from vidfx.webrtc.aiortc_adjust import adjust_aiortc
+from vidfx.webrtc.media import AudioIngest, AudioOutputTrack, IngestPump, OutputTrack, StreamOutput
 
 log = logging.getLogger("vidfx.webrtc")
 
@@ -50,6 +51,12 @@ CloseKind = Literal[
 ]  # fmt: skip
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _STREAM_OPS = ("set", "reset", "pause", "resume", "status")
+FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){15,63}")  # RFC 8122: 16-64 hex bytes
+# The video directions each signalling path accepts: WHIP publishers send, WHEP viewers receive, the page does
+# both (sendrecv: its stylised video comes back on the same m-line) or only sends.
+OFFER_DIRECTIONS: dict[Via, tuple[str, ...]] = {
+    "whip": ("sendonly",), "whep": ("recvonly",), "offer": ("sendrecv", "sendonly"),
+}  # fmt: skip
 
 
 class SignallingError(Exception):
@@ -128,9 +135,10 @@ def enable_loopback_candidates() -> None:
 def check_bearer(header: str | None, token: str | None) -> bool:
     if token is None:
         return True
-    if not header or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":  # RFC 7235 §2.1: the auth scheme is case-insensitive
         return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 # -- peers ------------------------------------------------------------------------------------------------------------
@@ -144,10 +152,14 @@ class Peer:
     stream: str
     pc: RTCPeerConnection
     created: float = field(default_factory=time.monotonic)
+    answered_at: float | None = None  # when the answer left: the connect timeout counts from here
     connected_at: float | None = None
+    last_inbound: float | None = None  # viewers: when the last packet (RTCP, DTLS) came from the client
+    inbound_packets: int = 0
     session: Session | None = None  # publishers: the engine session they feed
     owns_session: bool = False  # opened by this peer (closed with it)
     ingest: IngestPump | None = None
+    audio: AudioIngest | None = None  # publishers that send audio: it goes out with the stylised video
     channel: RTCDataChannel | None = None
     closed: bool = False
     close_reason: str | None = None
@@ -165,6 +177,8 @@ class Peer:
         }
         if self.ingest is not None:
             d.update(frames_in=self.ingest.frames, size=self.ingest.size)
+        if self.audio is not None:
+            d.update(audio_frames_in=self.audio.frames)
         return d
 
 
@@ -179,7 +193,7 @@ class WebRTCGateway:
         self.ice = ice_servers(self.cfg)
         if self.cfg.loopback_candidates:
             enable_loopback_candidates()
-        enable_marker_frames(self.cfg.marker_frames)
+        adjust_aiortc(self.cfg.marker_frames, self.cfg.ice_gather_timeout_s)
         self.engine: Engine | None = None
         self.control: ControlHandler | None = None
         self.pool = ThreadPoolExecutor(self.cfg.convert_threads, thread_name_prefix="vidfx-webrtc")
@@ -240,7 +254,14 @@ class WebRTCGateway:
             "closed_peers": self.closed_peers,
             "recent_closes": list(self.recent_closes),
             "outputs": {
-                s: {"frames_sent": o.frames_sent, "dropped": o.dropped, "subscribers": len(o.subscribers)}
+                s: {
+                    "frames_sent": o.frames_sent,
+                    "dropped": o.dropped,
+                    "subscribers": len(o.subscribers),
+                    "audio_frames": o.audio_frames,
+                    "audio_subscribers": len(o.audio_subscribers),
+                    "audio_delay_ms": round(1000 * o.audio_delay_s(), 1),
+                }
                 for s, o in self.outputs.items()
             },
         }
@@ -250,9 +271,9 @@ class WebRTCGateway:
         return RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice)))
 
     @staticmethod
-    def _check_offer(sdp: str, role: Role) -> tuple[RTCSessionDescription, str]:
-        """Parse and check the offer before a peer connection exists; every refusal says why. Returns the
-        offer and the direction of its (first usable) video section."""
+    def _check_offer(sdp: str, via: Via) -> tuple[RTCSessionDescription, str]:
+        """Parse and check the offer before a peer connection exists, so an offer that cannot work costs no slot
+        and gets its reason at once. Returns the offer and the direction of its (first usable) video section."""
         if not sdp.strip():
             raise SignallingError(400, "empty SDP offer")
         if not sdp.lstrip().startswith("v=0"):
@@ -264,12 +285,32 @@ class WebRTCGateway:
         video = [m for m in parsed.media if m.kind == "video"]
         if not video:
             raise SignallingError(400, "the SDP offer has no video m= section")
-        wanted = ("sendonly", "sendrecv") if role == "publisher" else ("recvonly", "sendrecv")
-        usable = [m.direction for m in video if m.direction in wanted]
+        wanted = OFFER_DIRECTIONS[via]
+        sending = [m for m in video if m.direction in wanted]
+        if not sending:
+            what = "send only" if via == "whip" else "receive only" if via == "whep" else "send"
+            raise SignallingError(400, f"the offer's video must {what} (a=({' or '.join(wanted)}) on {via.upper()})")
+        supported = {c.mimeType.lower() for c in RTCRtpReceiver.getCapabilities("video").codecs} - {"video/rtx"}
+        usable = [m for m in sending if any(c.mimeType.lower() in supported for c in m.rtp.codecs)]
         if not usable:
-            what = "send" if role == "publisher" else "receive"
-            raise SignallingError(400, f"the offer's video must {what} ({' or '.join(wanted)})")
-        return RTCSessionDescription(sdp=sdp, type="offer"), str(usable[0])
+            offered = sorted({c.mimeType.split("/")[-1] for m in sending for c in m.rtp.codecs}) or ["none"]
+            takes = sorted(t.split("/")[-1].upper() for t in supported)
+            raise SignallingError(
+                400, f"no usable video codec: offered {', '.join(offered)}; the node takes {', '.join(takes)}"
+            )
+        for m in parsed.media:
+            fingerprints = m.dtls.fingerprints if m.dtls is not None else []
+            if not fingerprints:
+                raise SignallingError(400, f"the {m.kind} m= section has no DTLS a=fingerprint (or no a=setup)")
+            known = [f for f in fingerprints if f.algorithm.lower() in X509_DIGEST_ALGORITHMS]
+            if not known:
+                algorithms = ", ".join(sorted({f.algorithm for f in fingerprints}))
+                raise SignallingError(
+                    400, f"unknown DTLS fingerprint hash {algorithms}: use one of {', '.join(X509_DIGEST_ALGORITHMS)}"
+                )
+            if not all(FINGERPRINT.fullmatch(f.value) for f in known):
+                raise SignallingError(400, "malformed DTLS fingerprint: expected colon-separated hex bytes")
+        return RTCSessionDescription(sdp=sdp, type="offer"), str(usable[0].direction)
 
     def stream_name(self, requested: str | None, via: Via, peer_id: str) -> str:
         if requested is None:
@@ -289,8 +330,8 @@ class WebRTCGateway:
         except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError… on unusable SDP
             raise SignallingError(400, f"invalid SDP offer: {type(exc).__name__}: {str(exc)[:160]}") from None
         for t in pc.getTransceivers():
-            if t.kind != "video":
-                t.direction = "inactive"  # audio is not processed: answered inactive so nobody sends it
+            if t.kind not in ("video", "audio"):
+                t.direction = "inactive"
         if before_answer is not None:
             before_answer()
         await pc.setLocalDescription(await pc.createAnswer())  # aiortc gathers every candidate here
@@ -298,7 +339,7 @@ class WebRTCGateway:
     async def publish(self, offer_sdp: str, via: Via, stream: str | None = None) -> Peer:
         """A client sends video (and, from the page, receives the stylised video back on the same transceiver)."""
         engine = self._ready_engine()
-        offer, direction = self._check_offer(offer_sdp, "publisher")
+        offer, direction = self._check_offer(offer_sdp, via)
         if self.count("publisher") >= self.cfg.max_peers:
             raise SignallingError(503, f"all {self.cfg.max_peers} WebRTC publisher slots are in use")
         peer_id = uuid.uuid4().hex
@@ -325,12 +366,14 @@ class WebRTCGateway:
             self._wire_publisher(peer)
 
             def return_video() -> None:
-                # The page offers sendrecv and gets the stylised video back on the same m-line; WHIP offers
-                # sendonly and gets nothing back.
+                # The page offers sendrecv and gets the stylised video back on the same m-line (and its audio,
+                # delayed to match, if it sends audio sendrecv too); WHIP offers sendonly and gets nothing back.
                 if via == "offer" and direction == "sendrecv":
                     peer.pc.addTrack(output.subscribe())
+                    self._add_audio(peer, output, ("sendrecv",))  # the page sends audio and takes it back
 
             await self._answer(peer, offer, return_video)
+            peer.answered_at = time.monotonic()
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer_id[:8]}"))
         except BaseException:
             await self.close_peer(peer, "signalling", "signalling failed")
@@ -341,7 +384,7 @@ class WebRTCGateway:
     async def view(self, offer_sdp: str, stream: str) -> Peer:
         """A WHEP client receives the stylised video of `stream` (fed by WebRTC or ZeroMQ)."""
         engine = self._ready_engine()
-        offer, _ = self._check_offer(offer_sdp, "viewer")
+        offer, _ = self._check_offer(offer_sdp, "whep")
         name = self.stream_name(stream, "whep", "")
         session = engine.session(name)
         if session is None:
@@ -354,13 +397,30 @@ class WebRTCGateway:
         try:
             output = self._output_for(session, feed=False)
             peer.pc.on("connectionstatechange", lambda: self._on_state(peer))
-            await self._answer(peer, offer, lambda: peer.pc.addTrack(output.subscribe()))
+
+            def send_stream() -> None:
+                peer.pc.addTrack(output.subscribe())
+                self._add_audio(peer, output, ("sendonly", "sendrecv"))  # the viewer takes audio
+
+            await self._answer(peer, offer, send_stream)
+            peer.answered_at = time.monotonic()
             peer.tasks.append(asyncio.create_task(self._watch(peer), name=f"vidfx-peer-{peer.id[:8]}"))
         except BaseException:
             await self.close_peer(peer, "signalling", "signalling failed")
             raise
         log.info("viewer %s for stream %s", peer.id[:8], name)
         return peer
+
+    @staticmethod
+    def _add_audio(peer: Peer, output: StreamOutput, directions: tuple[str, ...]) -> None:
+        """Send the stream's audio on the offer's audio m-line when the offer lets us (`directions`: what the offer
+        allows *us*, aiortc's `_offerDirection`, the offer's own direction reversed). The stream may have no audio
+        yet: the track then stays silent until a publisher with audio feeds it."""
+        for t in peer.pc.getTransceivers():
+            if t.kind == "audio" and t._offerDirection in directions and t.sender.track is None:
+                t.sender.replaceTrack(output.subscribe_audio())
+                t.direction = "sendrecv"  # answered as the offer allows: sendonly to recvonly, sendrecv to sendrecv
+                return
 
     def find(self, peer_id: str, role: Role | None = None, stream: str | None = None) -> Peer | None:
         peer = self.peers.get(peer_id)
@@ -406,10 +466,14 @@ class WebRTCGateway:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind != "video" or peer.ingest is not None or peer.session is None:
+            if peer.session is None:
                 return
-            peer.ingest = IngestPump(track, peer.session, self.pool, lim.max_width, lim.max_height)
-            peer.ingest.start()
+            if track.kind == "video" and peer.ingest is None:
+                peer.ingest = IngestPump(track, peer.session, self.pool, lim.max_width, lim.max_height)
+                peer.ingest.start()
+            elif track.kind == "audio" and peer.audio is None and peer.stream in self.outputs:
+                peer.audio = AudioIngest(track, self.outputs[peer.stream])
+                peer.audio.start()
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -490,7 +554,7 @@ class WebRTCGateway:
             await asyncio.sleep(period)
             now = time.monotonic()
             if peer.connected_at is None:
-                if now - peer.created > cfg.connect_timeout_s:
+                if now - (peer.answered_at or peer.created) > cfg.connect_timeout_s:
                     reason = f"not connected within {cfg.connect_timeout_s:g} s (ICE/DTLS never completed)"
                     self._close_soon(peer, "connect_timeout", reason)
                     return
@@ -505,6 +569,11 @@ class WebRTCGateway:
                     self._close_soon(peer, "media_timeout", f"no video for {cfg.media_timeout_s:g} s")
                     return
             elif peer.role == "viewer":
+                # A viewer sends RTCP receiver reports (browsers and aiortc about every second): silence means
+                # it is gone (killed, unplugged), long before ICE consent would expire (30 s).
+                if now - await self._last_inbound(peer, now) > cfg.media_timeout_s:
+                    self._close_soon(peer, "media_timeout", f"no RTCP from the viewer for {cfg.media_timeout_s:g} s")
+                    return
                 out = self.outputs.get(peer.stream)
                 if (
                     out is None
@@ -514,6 +583,16 @@ class WebRTCGateway:
                 ):
                     self._close_soon(peer, "stream_ended", "the stream ended")
                     return
+
+    @staticmethod
+    async def _last_inbound(peer: Peer, now: float) -> float:
+        """When a packet last arrived from the peer on its DTLS transport (RTCP, DTLS; STUN is not counted)."""
+        report = await peer.pc.getStats()
+        packets = sum(getattr(s, "packetsReceived", 0) for s in report.values() if s.type == "transport")
+        if packets != peer.inbound_packets or peer.last_inbound is None:
+            peer.inbound_packets = packets
+            peer.last_inbound = now
+        return peer.last_inbound
 
     def _close_soon(self, peer: Peer, kind: CloseKind, reason: str) -> None:
         """Close from a callback or the watchdog (which the closing cancels), keeping the task referenced."""
@@ -544,6 +623,8 @@ class WebRTCGateway:
                 task.cancel()
         if peer.ingest is not None:
             await peer.ingest.stop()
+        if peer.audio is not None:
+            await peer.audio.stop()
         if peer.role == "publisher" and peer.session is not None:
             if peer.owns_session and self.engine is not None and self.engine.session(peer.stream) is peer.session:
                 self.engine.close_session(peer.stream)
@@ -553,7 +634,7 @@ class WebRTCGateway:
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
         for sender in peer.pc.getSenders():
-            if isinstance(sender.track, OutputTrack):
+            if isinstance(sender.track, (OutputTrack, AudioOutputTrack)):
                 sender.track.stop()  # unsubscribes from the stream's output
         self._release_output(peer.stream)
         try:

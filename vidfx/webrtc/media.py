@@ -21,19 +21,22 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-from av import VideoFrame
+from av import AudioFrame, AudioResampler, VideoFrame
 
-from vidfx.stream.session import OutputFrame, Session
+from vidfx.stream.session import AudioPart, OutputFrame, Session
 from vidfx.webrtc.handoff import HandoffClosed, LatestSlot
 
 log = logging.getLogger("vidfx.webrtc")
 
 VIDEO_CLOCK = 90_000  # RTP video clock: pts of the frames we send are in 1/90000 s
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+AUDIO_QUEUE = 250  # audio frames a consumer may hold back (5 s of 20 ms frames): more than any video latency
+MAX_AUDIO_DELAY_S = 2.0
 
 
 # -- conversions (thread pool) ------------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ class IngestPump:
         self.session = session
         self.pool = pool
         self.max_size = (max_width, max_height)
-        self.slot: LatestSlot[VideoFrame] = LatestSlot()
+        self.slot: LatestSlot[tuple[VideoFrame, float]] = LatestSlot()  # (decoded frame, when it arrived)
         self.last_frame: float | None = None
         self.frames = 0
         self.size: tuple[int, int] | None = None  # (W, H) as submitted
@@ -143,7 +146,7 @@ class IngestPump:
                 if not isinstance(frame, VideoFrame):
                     continue
                 before = self.slot.dropped
-                self.slot.put(frame)
+                self.slot.put((frame, self.last_frame))
                 if self.slot.dropped > before:  # conversion fell behind: the older decoded frame went
                     self.session.engine.metrics.drop("overload")
         except MediaStreamError:
@@ -159,7 +162,7 @@ class IngestPump:
         metrics = self.session.engine.metrics
         try:
             while not self.session.closed:
-                frame = await self.slot.get()
+                frame, arrived = await self.slot.get()
                 pts_us = frame_pts_us(frame)
                 pixels = await loop.run_in_executor(self.pool, frame_to_rgb, frame, *self.max_size)
                 metrics.frames_received.inc()
@@ -168,7 +171,7 @@ class IngestPump:
                 self.size = (pixels.shape[1], pixels.shape[0])
                 self.frames += 1
                 self.rate.add()
-                if not self.session.submit(pixels, pts_us):
+                if not self.session.submit(pixels, pts_us, received=arrived):
                     break
         except HandoffClosed:
             pass
@@ -183,6 +186,75 @@ class IngestPump:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """One decoded audio frame as the node passes it on: packed s16 samples, shared read-only by every consumer."""
+
+    samples: np.ndarray  # (1, n · channels) int16, interleaved
+    layout: str  # "mono" or "stereo"
+    sample_rate: int
+    received: float  # time.monotonic() when it reached the node
+    delayed: bool = True  # held back by the video latency; False: it left with its own video frame (ZeroMQ)
+
+
+def audio_part_chunks(part: AudioPart, now: float) -> list[AudioChunk]:
+    """A ZeroMQ frame's audio (any length) → 20 ms chunks (a WebRTC audio frame each; aiortc's encoders send one
+    RTP timestamp per frame) and a shorter last one, already in sync with the frame it rode with."""
+    samples = np.frombuffer(part.pcm, "<i2").reshape(-1, part.channels)
+    step = max(1, part.rate // 50)
+    layout = "stereo" if part.channels == 2 else "mono"
+    return [
+        AudioChunk(np.ascontiguousarray(samples[i : i + step]).reshape(1, -1), layout, part.rate, now, delayed=False)
+        for i in range(0, len(samples), step)
+    ]
+
+
+class AudioIngest:
+    """Drains a publisher's remote audio track into its stream's output (`StreamOutput.push_audio`), whatever codec
+    aiortc negotiated (decoded frames are brought to s16 mono/stereo, which every aiortc encoder takes).
+
+    Lifecycle: `start()` creates the receive task; it runs until the track ends or `stop()` cancels it."""
+
+    def __init__(self, track: MediaStreamTrack, output: StreamOutput) -> None:
+        self.track = track
+        self.output = output
+        self.frames = 0
+        self._resampler: AudioResampler | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._receive(), name=f"vidfx-audio-{self.output.stream}")
+
+    def _chunks(self, frame: AudioFrame, received: float) -> list[AudioChunk]:
+        frames = [frame]
+        if frame.format.name != "s16" or frame.layout.name not in ("mono", "stereo"):
+            if self._resampler is None:
+                self._resampler = AudioResampler(format="s16", layout="stereo", rate=frame.sample_rate)
+            frames = self._resampler.resample(frame)
+        return [AudioChunk(f.to_ndarray(), f.layout.name, f.sample_rate, received) for f in frames]
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                frame = await self.track.recv()
+                received = time.monotonic()
+                if not isinstance(frame, AudioFrame):
+                    continue
+                for chunk in self._chunks(frame, received):  # 20 ms of samples: cheap enough for the loop
+                    self.frames += 1
+                    self.output.push_audio(chunk)
+        except MediaStreamError:
+            pass
+        except Exception:
+            log.exception("receiving audio for stream %s failed", self.output.stream)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
@@ -264,6 +336,65 @@ class OutputTrack(MediaStreamTrack):
         self._output.subscribers.discard(self)
 
 
+class AudioOutputTrack(MediaStreamTrack):
+    """One consumer's copy of a stream's audio, each frame released `StreamOutput.audio_delay_s()` after it reached
+    the node, so it leaves together with the video frames of the same instant (which the model holds back for as
+    long). A FIFO of up to `AUDIO_QUEUE` frames (oldest dropped); frames of its own with a continuous pts (samples
+    sent so far) for its encoder. Ends (MediaStreamError) when the stream closes; `stop()` unsubscribes."""
+
+    kind = "audio"
+
+    def __init__(self, output: StreamOutput) -> None:
+        super().__init__()
+        self._output = output
+        self.queue: deque[AudioChunk] = deque()
+        self.dropped = 0
+        self.closed = False
+        self._wake = asyncio.Event()
+        self._samples = 0  # pts of the next frame, in samples
+
+    def put(self, chunk: AudioChunk) -> None:
+        self.queue.append(chunk)
+        if len(self.queue) > AUDIO_QUEUE:
+            self.queue.popleft()
+            self.dropped += 1
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def recv(self) -> AudioFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if not self.queue:
+                if self.closed:
+                    self.stop()
+                    raise MediaStreamError
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            head = self.queue[0]
+            wait = head.received + (self._output.audio_delay_s() if head.delayed else 0.0) - time.monotonic()
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)  # woken early: the head may have been dropped
+                continue
+            chunk = self.queue.popleft()
+            frame = AudioFrame.from_ndarray(chunk.samples, format="s16", layout=chunk.layout)
+            frame.sample_rate = chunk.sample_rate
+            frame.pts = self._samples
+            frame.time_base = fractions.Fraction(1, chunk.sample_rate)
+            self._samples += frame.samples
+            return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._output.audio_subscribers.discard(self)
+
+
 class StreamOutput:
     """One stream's stylised frames for every consumer: the page's own return video and WHEP viewers.
 
@@ -287,6 +418,9 @@ class StreamOutput:
         self.queue: deque[OutputFrame] = deque()
         self.clock = PlayoutClock()
         self.subscribers: set[OutputTrack] = set()
+        self.audio_subscribers: set[AudioOutputTrack] = set()
+        self.audio_frames = 0  # audio frames pushed (from the stream's publisher)
+        self._audio_delay_s = 0.0  # the last measured video latency (kept while no video flows)
         self.session: Session | None = None  # the session whose frames these are (set by the gateway)
         self.closed = False
         self.frames_sent = 0
@@ -303,6 +437,30 @@ class StreamOutput:
         else:
             self.subscribers.add(track)
         return track
+
+    def subscribe_audio(self) -> AudioOutputTrack:
+        track = AudioOutputTrack(self)
+        if self.closed:
+            track.close()
+        else:
+            self.audio_subscribers.add(track)
+        return track
+
+    def push_audio(self, chunk: AudioChunk) -> None:
+        if self.closed:
+            return
+        self.audio_frames += 1
+        for track in self.audio_subscribers:
+            track.put(chunk)
+
+    def audio_delay_s(self) -> float:
+        """How long audio is held back: the median video latency of the last 2 s (arrival at the node → released to
+        the encoders), or the last one measured while no video flows. Paused, the video passes through at once
+        and the delay follows it down within the window."""
+        p50 = self.latency.percentile(50)
+        if p50 is not None:
+            self._audio_delay_s = min(max(p50 / 1000.0, 0.0), MAX_AUDIO_DELAY_S)
+        return self._audio_delay_s
 
     def push(self, frame: OutputFrame) -> None:
         if self.closed:
@@ -335,6 +493,9 @@ class StreamOutput:
         self.latency.add(1000.0 * (now - frame.received), now=now)
         for track in self.subscribers:
             track.slot.put(frame)
+        if frame.audio is not None:  # a ZeroMQ frame's own audio: it leaves with it
+            for chunk in audio_part_chunks(frame.audio, now):
+                self.push_audio(chunk)
 
     @property
     def dropped(self) -> int:
@@ -348,3 +509,6 @@ class StreamOutput:
         for track in list(self.subscribers):
             track.slot.close()
         self.subscribers.clear()
+        for audio in list(self.audio_subscribers):
+            audio.close()
+        self.audio_subscribers.clear()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
 
 GRID_COLS, GRID_ROWS = 5, 4
 DATA_BITS = 16
@@ -106,3 +106,127 @@ class SyntheticVideoTrack(MediaStreamTrack):
         self.sent[n & 0xFFFF] = time.monotonic()
         self.count += 1
         return frame
+
+
+# -- A/V sync test signal ------------------------------------------------------------------------------------------
+
+AUDIO_RATE = 48_000
+AUDIO_PTIME = 0.020  # seconds per audio frame (what WebRTC sends per Opus packet)
+
+
+class FlashClick:
+    """A test source whose video flashes white and whose audio clicks (a 20 ms 1 kHz burst) at the same instants,
+    every `period_s` from a shared start, so a receiver can measure how far apart audio and video arrive.
+
+    Lifecycle: `video` and `audio` are two tracks for one peer; the clock starts at whichever is pulled first.
+    The period must be a whole number of video frames and of audio frames."""
+
+    def __init__(self, width: int = 128, height: int = 96, fps: float = 15.0, period_s: float = 1.0) -> None:
+        self.width, self.height, self.fps, self.period_s = width, height, fps, period_s
+        self.frames_per_flash = round(period_s * fps)
+        self.audio_per_click = round(period_s / AUDIO_PTIME)
+        assert (
+            abs(self.frames_per_flash / fps - period_s) < 1e-9
+            and abs(self.audio_per_click * AUDIO_PTIME - period_s) < 1e-9
+        )
+        self.start: float | None = None
+        self.video = _FlashVideo(self)
+        self.audio = _ClickAudio(self)
+
+    def anchor(self) -> float:
+        if self.start is None:
+            self.start = time.monotonic()
+        return self.start
+
+
+async def _pace(due: float) -> None:
+    import asyncio
+
+    wait = due - time.monotonic()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
+class _FlashVideo(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, source: FlashClick) -> None:
+        super().__init__()
+        self.source = source
+        self.count = 0
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        s, n = self.source, self.count
+        await _pace(s.anchor() + n / s.fps)
+        rgb = pattern_frame(s.height, s.width, n) // 5  # dim moving pattern…
+        if n % s.frames_per_flash == 0:
+            rgb[:] = 255  # …and a white flash
+        frame = VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = round(n * VIDEO_CLOCK / s.fps), fractions.Fraction(1, VIDEO_CLOCK)
+        self.count += 1
+        return frame
+
+
+class _ClickAudio(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, source: FlashClick) -> None:
+        super().__init__()
+        self.source = source
+        self.count = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        s, n = self.source, self.count
+        await _pace(s.anchor() + n * AUDIO_PTIME)
+        samples = round(AUDIO_RATE * AUDIO_PTIME)
+        mono = np.zeros(samples, np.int16)
+        if n % s.audio_per_click == 0:
+            t = np.arange(samples) / AUDIO_RATE
+            mono[:] = (12000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+        frame = AudioFrame.from_ndarray(np.repeat(mono, 2)[None, :], format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = AUDIO_RATE, n * samples
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self.count += 1
+        return frame
+
+
+def onsets(
+    times: list[float], levels: list[float], rise: float, baseline: int = 5, refractory_s: float = 0.3
+) -> list[float]:
+    """Arrival times where a level (frame brightness, audio RMS) rises more than `rise` above the median of the
+    `baseline` values before it, at most one per `refractory_s` (the model smears a flash over a few frames)."""
+    out: list[float] = []
+    for i, (t, level) in enumerate(zip(times, levels, strict=True)):
+        before = float(np.median(levels[max(0, i - baseline) : i])) if i else 0.0
+        if level - before > rise and (not out or t - out[-1] > refractory_s):
+            out.append(t)
+    return out
+
+
+def flash_phase(times: list[float], pts: list[int], levels: list[float], rise: float, pts_period: int) -> int | None:
+    """The pts phase (pts mod `pts_period`) of the frames where the brightness rose most often. Meant for frames
+    passed through unchanged (a paused stream): a model smears a flash over the neighbouring frames of its chunk,
+    before and after it, so on stylised frames a flash is found by this phase instead (the node keeps each input
+    frame's pts; a receiver's differ from the sender's by a constant). `pts`: relative to a fixed reference."""
+    starts = set(onsets(times, levels, rise))
+    phases = [p % pts_period for p, t in zip(pts, times, strict=True) if t in starts]
+    return max(set(phases), key=phases.count) if phases else None
+
+
+def at_phase(times: list[float], pts: list[int], phase: int, pts_period: int) -> list[float]:
+    """Arrival times of the frames whose pts (relative, as for `flash_phase`) sits at `phase` of every period."""
+    return [t for t, p in zip(times, pts, strict=True) if p % pts_period == phase]
+
+
+def av_offsets(flashes: list[float], clicks: list[float], period_s: float) -> list[float]:
+    """Audio − video arrival (s) for each click paired with the nearest flash within half a period."""
+    offsets = []
+    for c in clicks:
+        near = min(flashes, key=lambda f: abs(c - f), default=None)
+        if near is not None and abs(c - near) < period_s / 2:
+            offsets.append(c - near)
+    return offsets
