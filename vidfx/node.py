@@ -23,7 +23,7 @@ import zmq.asyncio
 from aiohttp import web
 
 from vidfx.config import Settings, is_loopback_address, resolve_threads
-from vidfx.pipeline import load_pipeline
+from vidfx.loading import load_pipeline
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics

@@ -56,7 +56,7 @@ def run_looks(args: argparse.Namespace) -> int:
     from vidfx.config import ModelSettings
     from vidfx.data.look_classifier import load_look_classifier
     from vidfx.data.look_eval import evaluate_looks, scores_dict, scores_table
-    from vidfx.pipeline import DEFAULT_CLASSIFIER, load_pipeline
+    from vidfx.loading import DEFAULT_CLASSIFIER, load_pipeline
 
     pipe = load_pipeline(ModelSettings(name=args.model))
     classifier = load_look_classifier(args.classifier or DEFAULT_CLASSIFIER)

@@ -38,7 +38,8 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     import torch
     from pydantic import ValidationError
 
-    from vidfx.pipeline import StreamParams, load_pipeline
+    from vidfx.loading import load_pipeline
+    from vidfx.pipeline import StreamParams
     from vidfx.weights import CheckpointError
 
     try:
