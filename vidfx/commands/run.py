@@ -54,7 +54,7 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"vidfx {command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    params = StreamParams.from_settings(settings.model, settings.stream)
+    params = StreamParams.from_settings(pipe.settings, settings.stream)  # the release profile's steps, if any
     if args.prompt is not None:
         params = params.with_(prompts=((args.prompt, 1.0),))
     return pipe, params

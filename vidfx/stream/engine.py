@@ -150,7 +150,8 @@ class Engine:
             "sessions": {sid: s.status() for sid, s in self.sessions.items()},
             "dropped": self.metrics.dropped(),
             "frames_per_chunk": [self.pipeline.frames_per_chunk(True), self.pipeline.frames_per_chunk(False)],
-            "resolution": [self.settings.model.width, self.settings.model.height],
+            "resolution": [self.pipeline.settings.width, self.pipeline.settings.height],
+            "sampler": self.pipeline.sampler_status(default_params(self.settings)),
             **self.transport_status,
         }
 
