@@ -311,3 +311,21 @@ def test_run_and_generate_on_the_release(release, tmp_path):
                          timeout=280)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert len(read_video(tmp_path / "out.mp4")) == 9
+
+
+@pytest.mark.timeout(300)
+async def test_serve_release_over_webrtc_whip_in_whep_out(release):
+    from tests.webrtc_harness import running_node as webrtc_node
+    from tests.webrtc_harness import wait_frames, whep_view, whip_publish
+
+    async with webrtc_node("--model", str(release["root"]), "--model-dit", str(release["self_forcing"])) as node:
+        pub = await whip_publish(node.url, "cam", fps=10)
+        assert pub.status == 201, pub.body
+        viewer = await whep_view(node.url, "cam")
+        assert viewer.status == 201, viewer.body
+        await wait_frames(viewer.rx, 12, timeout=120)
+        assert viewer.rx.pixels[-1].shape == (96, 128, 3)
+        # Stylised, not the publisher's frames echoed: the stamped counters do not read back.
+        assert sum(c is not None for c in viewer.rx.counters(3)) < 0.3 * len(viewer.rx.counters(3))
+        for c in (pub, viewer):
+            await c.pc.close()
