@@ -283,6 +283,10 @@ class StylePipeline:
         embs = self.embeddings.get_many([p for p, _ in prompts])
         return blend([(embs[i], w) for i, (_, w) in enumerate(prompts)])
 
+    def prompts_ready(self, prompts: Sequence[tuple[str, float]]) -> bool:
+        """Whether every prompt of a blend is in the embedding cache (`embed` would not run the encoder)."""
+        return all(p in self.embeddings for p, _ in prompts)
+
     def new_stream_state(self, params: StreamParams) -> StreamState:
         h, w = self.latent_hw
         return StreamState(
