@@ -329,3 +329,8 @@ async def test_serve_release_over_webrtc_whip_in_whep_out(release):
         assert sum(c is not None for c in viewer.rx.counters(3)) < 0.3 * len(viewer.rx.counters(3))
         for c in (pub, viewer):
             await c.pc.close()
+
+
+def test_tiny_decoder_choice_is_refused_clearly_in_this_build(release):
+    with pytest.raises(CheckpointError, match="the tiny decoder is not available in this build"):
+        load_pipeline(settings(release, decoder="tae"))
