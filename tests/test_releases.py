@@ -257,6 +257,7 @@ def test_models_check_reports_parts_profile_and_sizes(release, tmp_path):
     assert report["architecture"]["dim"] == 64 and report["architecture"]["num_layers"] == 2
     umt5 = UMT5Encoder(UMT5Config(vocab_size=16, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2))
     assert report["parameters"]["umt5"] == sum(p.numel() for p in umt5.parameters())
+    assert report["parameters"]["dit"] == sum(p.numel() for p in randomized_dit(dit_config()).parameters())
     copy = tmp_path / "release"
     shutil.copytree(release["root"], copy)
     (copy / "models_t5_umt5-xxl-enc-bf16.safetensors").unlink()

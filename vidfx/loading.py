@@ -386,6 +386,12 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         profile = settings.profile
     elif settings.profile == "auto" and kind == "wan-release":
         profile = detect_profile(settings.dit, settings.lora)
+        if profile is None and not settings.dit:
+            raise CheckpointError(
+                f"{name}: without --model-dit a release folder serves its bidirectional base DiT, which no profile "
+                f"fits; pass --model-dit CKPT (a causal generator), or --model-profile ({', '.join(PROFILE_NAMES)}) "
+                "or none to run it anyway"
+            )
         if profile is None:
             raise CheckpointError(
                 f"{settings.dit or name}: cannot tell which release this generator is; pass --model-profile "

@@ -53,7 +53,8 @@ def _folder_shards(path: Path) -> list[Path]:
     return files
 
 
-def _shards(path: Path) -> list[Path]:
+def shard_files(path: Path) -> list[Path]:
+    """The safetensors files `load_state_dict(path)` reads (refusing pickles with the convert command)."""
     if path.is_dir():
         return _folder_shards(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -68,7 +69,7 @@ def _shards(path: Path) -> list[Path]:
 def load_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, or of every shard in a folder. Corrupt files raise CheckpointError."""
     state: dict[str, torch.Tensor] = {}
-    for shard in _shards(Path(path)):
+    for shard in shard_files(Path(path)):
         try:
             part = load_file(str(shard), device=str(device))
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:

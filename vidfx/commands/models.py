@@ -21,16 +21,20 @@ def register(p: argparse.ArgumentParser) -> None:
     check.set_defaults(func=run)
 
 
-def tensor_count(path: Path, prefix: str = "") -> int:
-    """Parameters in a safetensors file or a release's DiT shards, from the headers only."""
+def tensor_count(path: Path) -> int:
+    """Parameters in a safetensors file or a release's DiT shards, from the headers only; of a training
+    checkpoint, those of the generator entry loading would take (`generator_ema`, else `generator`)."""
     from safetensors import safe_open
 
-    from vidfx.weights import _shards
+    from vidfx.weights import GENERATOR_ENTRIES, shard_files
 
     total = 0
-    for shard in _shards(path):
+    for shard in shard_files(path):
         with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            keys = list(f.keys())
+            entries = [e + "." for e in GENERATOR_ENTRIES if any(k.startswith(e + ".") for k in keys)]
+            prefix = entries[0] if entries else ""
+            for key in keys:
                 if key.startswith(prefix):
                     n = 1
                     for d in f.get_slice(key).get_shape():
@@ -67,7 +71,7 @@ def check_model(folder: str, dit: str = "", lora: str = "", profile: str = "auto
             if p.status == "found" and p.path is not None and name not in ("config", "tokenizer"):
                 try:
                     counts[name] = tensor_count(p.path if name != "dit" or dit else path)
-                except (CheckpointError, OSError, Exception) as exc:  # a truncated header names the file
+                except Exception as exc:  # safetensors raises several types for a truncated or foreign header
                     report["errors"].append(f"{p.path}: unreadable safetensors ({exc})")
         report["parameters"] = counts
     else:

@@ -185,6 +185,8 @@ class Engine:
             self._encoding.discard(prompts)
             if not f.cancelled() and f.exception() is not None:
                 log.warning("encoding prompts %s failed: %s", [p for p, _ in prompts], f.exception())
+                if len(self._failed) >= 256:  # bounded: a client sending ever new failing prompts
+                    self._failed.clear()
                 self._failed.add(prompts)  # the chunk runs with them and fails there, reported to its session
             self._wake.set()
 
