@@ -24,8 +24,9 @@ from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier, predict
 from vidfx.data.look_eval import look_windows, prompt_for
 from vidfx.data.looks import make_clip
+from vidfx.loading import DEFAULT_CLASSIFIER, load_pipeline
 from vidfx.offline import generate_frames
-from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
+from vidfx.pipeline import StreamParams
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Default model: text-to-video and image-to-video"

@@ -30,8 +30,9 @@ from vidfx.benchmarking.results import update_section
 from vidfx.config import ModelSettings
 from vidfx.data.look_eval import prompt_for
 from vidfx.data.looks import LOOKS, make_clip, read_video
+from vidfx.loading import load_pipeline
 from vidfx.offline import VideoWriter, stylize_video
-from vidfx.pipeline import StreamParams, load_pipeline
+from vidfx.pipeline import StreamParams
 from vidfx.plots import save_image_grid
 
 HERE = Path(__file__).resolve().parent

@@ -18,8 +18,9 @@ from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier
 from vidfx.data.look_eval import prompt_for
 from vidfx.data.looks import make_clip
+from vidfx.loading import DEFAULT_CLASSIFIER, load_pipeline
 from vidfx.offline import stylize_frames
-from vidfx.pipeline import DEFAULT_CLASSIFIER, StreamParams, load_pipeline
+from vidfx.pipeline import StreamParams
 from vidfx.plots import GridRow, save_image_grid
 
 

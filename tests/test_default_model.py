@@ -17,8 +17,9 @@ from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.look_classifier import load_look_classifier, predict
 from vidfx.data.look_eval import coarse_change, evaluate_looks, look_windows, prompt_for
 from vidfx.data.looks import LOOKS, make_clip
+from vidfx.loading import DEFAULT_CLASSIFIER, MODEL_ALIASES, load_pipeline
 from vidfx.offline import VideoWriter, generate_video, read_video, stylize_frames
-from vidfx.pipeline import DEFAULT_CLASSIFIER, MODEL_ALIASES, StreamParams, load_pipeline
+from vidfx.pipeline import StreamParams
 
 WEIGHTS = Path(MODEL_ALIASES["default"])
 MiB = 1 << 20

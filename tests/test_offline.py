@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from vidfx.config import ModelSettings
+from vidfx.loading import load_pipeline
 from vidfx.offline import VideoWriter, generate_video, open_video, stylize_video
-from vidfx.pipeline import StreamParams, load_pipeline
+from vidfx.pipeline import StreamParams
 
 
 def write_clip(path: Path, frames: int, size: tuple[int, int], fps: int = 24) -> np.ndarray:

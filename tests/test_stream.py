@@ -25,11 +25,11 @@ from vidfx.config import (
     settings_from_args,
 )
 from vidfx.frames import frames_to_tensor
+from vidfx.loading import load_pipeline
 from vidfx.pipeline import (
     ChunkRequest,
     StreamParams,
     StylePipeline,
-    load_pipeline,
     motion_strength,
 )
 from vidfx.protocol import ProtocolError, SetOp, frame_header, parse_control, parse_frame

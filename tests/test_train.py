@@ -1172,7 +1172,8 @@ def test_the_ablation_driver_runs_end_to_end(tmp_path: Path) -> None:
     # The recipe's student → a weights folder the serving loader reads (what ships as `default`).
     from vidfx.autoencoder.loading import load_autoencoder, save_autoencoder
     from vidfx.config import ModelSettings
-    from vidfx.pipeline import StreamParams, load_pipeline
+    from vidfx.loading import load_pipeline
+    from vidfx.pipeline import StreamParams
     from vidfx.train.export import export_model, text_spec_meta
 
     ae = tmp_path / "ae.safetensors"

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 # Each entry: name -> (help, module path of a `register(parser)` that sets `func` via set_defaults).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert an official .pt/.pth checkpoint to safetensors", "vidfx.commands.convert"),
+    "models": ("check a model folder before loading it (parts, architecture, profile)", "vidfx.commands.models"),
     "serve": (
         "run the streaming node (ZeroMQ, WebRTC page/WHIP/WHEP, /healthz /readyz /metrics)",
         "vidfx.commands.serve",

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vidfx.sampling import CAUSVID_STEPS
+from vidfx.sampling import CAUSVID_STEPS, DEFAULT_SHIFT
 
 ENV_PREFIX = "VIDFX_"
 ENV_NESTED = "__"
@@ -30,7 +30,16 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    name: str = Field("default", description="model: a name (default, tiny-random) or a weights folder")
+    name: str = Field(
+        "default", description="model: a name (default, tiny-random), a weights folder or a Wan2.1 release folder"
+    )
+    dit: str = Field("", description="causal generator (.safetensors, converted) replacing a Wan release folder's DiT")
+    lora: str = Field("", description="LoRA (.safetensors, converted; LongLive's generator_lora) merged into the DiT")
+    profile: Literal["auto", "none", "causvid", "self-forcing", "streamdiffusionv2", "longlive"] = Field(
+        "auto", description="release sampler settings (docs/releases.md); auto: detected from the checkpoint"
+    )
+    decoder: Literal["wan", "tae"] = Field("wan", description="latent decoder of a Wan release: the Wan VAE or TAE")
+    text_device: str = Field("auto", description="umT5 device (auto: the model device if it has ≥ 40 GB, else cpu)")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     fit: Literal["cover", "contain", "stretch"] = Field(
@@ -40,6 +49,11 @@ class ModelSettings(_Section):
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
     steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
+    warp_steps: bool = Field(True, description="map steps and strength through the shifted schedule")
+    shift: float = Field(DEFAULT_SHIFT, gt=0.0, le=100.0, description="timestep shift of the schedule")
+    timestep_pairing: Literal["exact", "scheduler"] = Field(
+        "exact", description="σ of an unwarped step t: t/1000, or the official scheduler's nearest σ"
+    )
     strength: float = Field(0.7, gt=0.0, le=1.0, description="default denoising strength (1 = ignore input)")
     seed: int = Field(0, ge=0, description="default noise seed of a new stream")
     fixed_noise: bool = Field(

@@ -17,13 +17,19 @@ from vidfx.sampling import Denoiser, noise_to, sample_few_step, velocity_to_x0
 
 
 def chunk_denoiser(
-    model: CausalDiT, cross: CrossAttnCache, cache: KVCache, condition: torch.Tensor | None = None
+    model: CausalDiT,
+    cross: CrossAttnCache,
+    cache: KVCache,
+    condition: torch.Tensor | None = None,
+    timesteps: dict[float, float] | None = None,
 ) -> Denoiser:
     """A `denoise(x_t, sigma) -> x0` over one chunk that reads (never writes) the cache. condition: the
-    chunk's condition channels (a source-conditioned DiT's clean input latent; None: zeros)."""
+    chunk's condition channels (a source-conditioned DiT's clean input latent; None: zeros). timesteps: the t
+    fed for a σ where it is not 1000·σ (CausVid feeds t = 757 at σ 0.756757, `sampling.chunk_schedule`)."""
 
     def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
-        t = torch.full((x_t.shape[0],), 1000.0 * sigma, device=x_t.device)
+        t_value = (timesteps or {}).get(sigma, 1000.0 * sigma)
+        t = torch.full((x_t.shape[0],), t_value, device=x_t.device)
         v = model.forward_chunk(x_t, t, cross, cache, write_cache=False, condition=condition)
         return velocity_to_x0(x_t.float(), v, sigma)
 
@@ -40,15 +46,17 @@ def denoise_chunk(
     generator: torch.Generator | None = None,
     context_sigma: float = 0.0,
     condition: torch.Tensor | None = None,
+    timesteps: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Few-step denoise one chunk x (B, C, F, H, W), already noised to sigmas[0]; write it into the cache.
 
     context_sigma: noise level of the cache-write pass (CausVid writes clean latents, σ = 0; a small
     positive value makes the model robust to its own errors, as in Self-Forcing's "context noise").
-    condition: see `chunk_denoiser`; the cache write gets it too.
+    condition: see `chunk_denoiser`; the cache write gets it too. timesteps: the t fed at each σ (default 1000·σ).
     Returns the clean latents x₀ (B, C, F, H, W) in fp32.
     """
-    x0 = sample_few_step(chunk_denoiser(model, cross, cache, condition), x, sigmas, generator)
+    pairs = dict(zip(sigmas, timesteps, strict=True)) if timesteps is not None else None
+    x0 = sample_few_step(chunk_denoiser(model, cross, cache, condition, pairs), x, sigmas, generator)
     write_context(model, x0, cross, cache, generator, context_sigma, condition)
     return x0
 

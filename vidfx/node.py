@@ -23,7 +23,7 @@ import zmq.asyncio
 from aiohttp import web
 
 from vidfx.config import Settings, is_loopback_address, resolve_threads
-from vidfx.pipeline import load_pipeline
+from vidfx.loading import load_pipeline
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics
@@ -93,6 +93,7 @@ class Node:
         emit_event("listening", **self.endpoints)
         loop = asyncio.get_running_loop()
         pipeline = await loop.run_in_executor(None, load_pipeline, s.model)  # seconds of work: off the loop
+        s.model = pipeline.settings  # with its release profile applied: new streams start at its steps
         self.engine = Engine(pipeline, s, self.metrics)
         self.data = ZmqDataPlane(self.ctx, self.engine, s, self.token)
         self.control = ZmqControl(self.ctx, ControlHandler(self.engine, s.limits, self.token), s)

@@ -1,7 +1,7 @@
 """The model side of live stylisation: a causal DiT, a video autoencoder and a text encoder turned into a
 blocking chunk-processing API for the engine's worker thread.
 
-    pipe = load_pipeline(ModelSettings())                 # "tiny-random", "default" or a weights folder
+    pipe = load_pipeline(ModelSettings())   # vidfx.loading: "tiny-random", "default", a weights or release folder
     state = pipe.new_stream_state(StreamParams(prompts=(("a watercolor", 1.0),)))
     out = pipe.process_chunk(state, frames, params, pts_us)   # uint8 (T, H, W, 3) → uint8 (T, H, W, 3)
 
@@ -16,10 +16,8 @@ Nothing here knows about asyncio, sockets or sessions; the engine owns threads a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -30,18 +28,10 @@ from vidfx.config import ModelSettings, StreamSettings
 from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk, write_context
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
-from vidfx.model.wan_dit import CausalDiT, DiTConfig
-from vidfx.sampling import chunk_sigmas, noise_to, step_sigmas, velocity_to_x0
+from vidfx.model.wan_dit import CausalDiT
+from vidfx.sampling import chunk_schedule, noise_to, velocity_to_x0
 from vidfx.text.base import TextEncoder, blend, interpolate
 from vidfx.text.cache import PromptEmbeddings
-from vidfx.weights import CheckpointError, load_into, load_state_dict
-
-# The model `vidfx serve` uses unless told otherwise: the one trained by our recipe and shipped in the package
-# (vidfx/weights/default/MODEL_CARD.md), and the look classifier trained on its dataset (for `vidfx eval`).
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default"
-MODEL_ALIASES: dict[str, str] = {"default": str(DEFAULT_WEIGHTS)}
-DEFAULT_CLASSIFIER = DEFAULT_WEIGHTS / "look_classifier.safetensors"
-
 
 # -- per-stream parameters and the pure functions on them ---------------------------------------------------------
 
@@ -210,6 +200,7 @@ class _Prepared:
     geometry: FrameGeometry  # input size ↔ model size
     x: torch.Tensor  # (1, C, n, h, w) noised to sigmas[0]
     sigmas: list[float]
+    timesteps: list[float]  # what the DiT is fed at each σ (`sampling.chunk_schedule`)
     source: torch.Tensor | None = None  # the clean input latent, for a source-conditioned DiT
     x0: torch.Tensor | None = None
 
@@ -228,6 +219,7 @@ class StylePipeline:
         settings: ModelSettings,
         name: str = "",
         looks: tuple[str, ...] = (),
+        profile: str = "",
     ) -> None:
         if text.text_dim != dit.cfg.text_dim or text.max_tokens > dit.cfg.text_len:
             raise ValueError(
@@ -246,6 +238,7 @@ class StylePipeline:
         self.settings = settings
         self.name = name
         self.looks = looks  # prompts of the looks the model is known to render (its card's); () if unknown
+        self.profile = profile  # the release profile whose sampler settings apply ("" for our own models)
         self.latent_hw = (settings.height // autoencoder.spatial_factor, settings.width // autoencoder.spatial_factor)
 
     # -- geometry ------------------------------------------------------------------------------------------
@@ -260,11 +253,39 @@ class StylePipeline:
         """How frames of `camera` (H, W) map to the model resolution and back (`ModelSettings.fit`)."""
         return FrameGeometry(camera, (self.settings.height, self.settings.width), Fit(self.settings.fit))
 
+    def schedule(self, steps: Sequence[int], strength: float) -> list[tuple[float, float]]:
+        """(t, σ) of each step of a chunk at `strength`, read the way the model's release reads step lists."""
+        m = self.settings
+        return chunk_schedule(steps, strength, m.shift, m.warp_steps, m.timestep_pairing)
+
+    def sampler_status(self, params: StreamParams) -> dict[str, object]:
+        """How a chunk is sampled at the stream's base strength (for `status`)."""
+        pairs = self.schedule(params.steps, params.strength)
+        m = self.settings
+        return {
+            "profile": self.profile or None,
+            "steps": list(params.steps),
+            "warp": m.warp_steps,
+            "shift": m.shift,
+            "pairing": m.timestep_pairing,
+            "timesteps": [round(t, 3) for t, _ in pairs],
+            "sigmas": [round(sg, 6) for _, sg in pairs],
+            "latent_frames_per_chunk": m.latent_frames_per_chunk,
+            "sink_frames": m.sink_frames,
+            "window_frames": m.window_frames,
+            "context_sigma": m.context_sigma,
+            "cfg": None,
+        }
+
     # -- streams -------------------------------------------------------------------------------------------
     def embed(self, prompts: Sequence[tuple[str, float]]) -> torch.Tensor:
         """A weighted prompt blend → (max_tokens, text_dim) fp32."""
         embs = self.embeddings.get_many([p for p, _ in prompts])
         return blend([(embs[i], w) for i, (_, w) in enumerate(prompts)])
+
+    def prompts_ready(self, prompts: Sequence[tuple[str, float]]) -> bool:
+        """Whether every prompt of a blend is in the embedding cache (`embed` would not run the encoder)."""
+        return all(p in self.embeddings for p, _ in prompts)
 
     def new_stream_state(self, params: StreamParams) -> StreamState:
         h, w = self.latent_hw
@@ -312,8 +333,9 @@ class StylePipeline:
                 st = p.request.state
                 assert st.cross is not None
                 p.x0 = denoise_chunk(
-                    self.dit, p.x, p.sigmas, st.cross, st.kv, st.generator, self.settings.context_sigma, p.source
-                )
+                    self.dit, p.x, p.sigmas, st.cross, st.kv, st.generator, self.settings.context_sigma, p.source,
+                    p.timesteps,
+                )  # fmt: skip
             else:
                 self._denoise_batch(group)
         return [self._decode(p) for p in prepared]
@@ -341,10 +363,11 @@ class StylePipeline:
             noise = torch.randn((1, self.dit.cfg.out_dim, n, h, w), generator=state.generator, device=self.device).to(
                 self.dit.patch_embedding.weight.dtype
             )
-            sigmas = step_sigmas(list(state.params.steps))
+            pairs = self.schedule(state.params.steps, 1.0)
             x0 = denoise_chunk(
-                self.dit, noise, sigmas, state.cross, state.kv, state.generator, self.settings.context_sigma
-            )
+                self.dit, noise, [sg for _, sg in pairs], state.cross, state.kv, state.generator,
+                self.settings.context_sigma, timesteps=[t for t, _ in pairs],
+            )  # fmt: skip
         pixels = state.decoder.decode(x0.to(self.autoencoder.param_dtype))  # the decoder tracks first/later
         state.chunks += 1
         return tensor_to_rgb(pixels.float(), self.geometry(size))
@@ -363,12 +386,13 @@ class StylePipeline:
         if request.params.motion_aware:
             strength = motion_strength(st.motion.update(pixels), request.params)
         st.last_strength = strength
-        sigmas = chunk_sigmas(request.params.steps, strength)
+        pairs = self.schedule(request.params.steps, strength)
+        sigmas = [sg for _, sg in pairs]
         if request.params.fixed_noise:
             st.generator.manual_seed(request.params.seed)  # this chunk's draws (here and between steps) as the last's
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
         source = z if self.dit.cfg.condition_dim == self.dit.cfg.out_dim else None  # a source-conditioned DiT
-        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, source)
+        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, [t for t, _ in pairs], source)
 
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
@@ -415,8 +439,8 @@ class StylePipeline:
         sources = [p.source for p in group if p.source is not None]  # all or none: one DiT
         source = torch.cat(sources) if sources else None
         x0 = x
-        for i, sigma in enumerate(sigmas):
-            t = torch.full((x.shape[0],), 1000.0 * sigma, device=x.device)
+        for i, (sigma, t_value) in enumerate(zip(sigmas, group[0].timesteps, strict=True)):
+            t = torch.full((x.shape[0],), t_value, device=x.device)
             v = self.dit.forward_chunk(x, t, cross, joint, condition=source)
             x0 = velocity_to_x0(x.float(), v, sigma)
             if i + 1 < len(sigmas):
@@ -443,84 +467,3 @@ class StylePipeline:
             frames = rng.integers(0, 256, (n, self.settings.height, self.settings.width, 3), dtype=np.uint8)
             self.process_chunk(state, frames)
         return state
-
-
-# -- loading ---------------------------------------------------------------------------------------------------
-
-
-def _tiny_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
-    """The tiny DiT preset, the tiny autoencoder and the hashing text encoder with seeded random weights."""
-    from vidfx.autoencoder.tiny import TinyAEConfig, TinyAutoencoder
-    from vidfx.text.small import HashTextEncoder
-
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        cfg = DiTConfig.preset("tiny")
-        dit = CausalDiT(cfg)
-        # Wan zero-initialises the output head and gives the text MLP tiny weights (training moves both); an
-        # untrained stand-in needs them live, or the velocity ignores the prompt and the output the steering.
-        for layer in (dit.head.head, dit.text_embedding[0], dit.text_embedding[2]):
-            torch.nn.init.xavier_uniform_(layer.weight)
-        ae = TinyAutoencoder(TinyAEConfig(latent_channels=cfg.out_dim))
-        # PyTorch's default init shrinks the signal layer by layer: the decoded frames would be a flat grey
-        # whatever the latents. Variance-preserving weights keep the output sensitive to what the DiT does.
-        for m in ae.modules():
-            if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
-        text = HashTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return dit, ae, text
-
-
-def look_prompts(looks: list[str]) -> tuple[str, ...]:
-    """model.json `looks` (look names of vidfx.data.looks, e.g. "thermal") → their prompts ("thermal camera")."""
-    from vidfx.data.looks import LOOKS, prompt_for
-
-    return tuple(prompt_for(look) if look in LOOKS else look.replace("_", " ") for look in looks)
-
-
-def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder, tuple[str, ...]]:
-    """A weights folder: `model.json` ({"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}},
-    optionally "looks": the looks its card claims}), `dit.safetensors` and `autoencoder.safetensors` (any
-    autoencoder `load_autoencoder` reads)."""
-    from vidfx.autoencoder.loading import load_autoencoder
-    from vidfx.text.small import HashTextEncoder
-
-    meta_path = folder / "model.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: no model.json (a weights folder holds model.json + *.safetensors)")
-    meta = json.loads(meta_path.read_text())
-    dit_cfg = dict(meta.get("dit", {}))
-    if "patch_size" in dit_cfg:
-        dit_cfg["patch_size"] = tuple(dit_cfg["patch_size"])
-    dit = CausalDiT(DiTConfig(**dit_cfg))
-    load_into(dit, load_state_dict(folder / "dit.safetensors"), str(folder / "dit.safetensors"))
-    ae = load_autoencoder(folder / "autoencoder.safetensors")
-    text_meta = meta.get("text", {"kind": "hash", "config": {}})
-    if text_meta.get("kind") != "hash":
-        raise CheckpointError(f"{folder}: text encoder kind {text_meta.get('kind')!r} is not supported here yet")
-    text_cfg = {"text_dim": dit.cfg.text_dim, "max_tokens": dit.cfg.text_len, **text_meta.get("config", {})}
-    return dit, ae, HashTextEncoder(**text_cfg), look_prompts(list(meta.get("looks", [])))
-
-
-def load_pipeline(settings: ModelSettings) -> StylePipeline:
-    """The one loader: a model name ("tiny-random", "default") or a weights folder → a ready pipeline."""
-    name = MODEL_ALIASES.get(settings.name, settings.name)
-    looks: tuple[str, ...] = ()
-    if name == "tiny-random":
-        dit, ae, text = _tiny_random(settings)
-    elif Path(name).is_dir():
-        dit, ae, text, looks = _from_folder(Path(name))
-    else:
-        raise ValueError(f"unknown model {settings.name!r}: use tiny-random, default, or a weights folder")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
-    dit = dit.to(settings.device, dtype)
-    ae = ae.to(settings.device)
-    return StylePipeline(dit, ae, text, settings, name=settings.name, looks=looks)
-
-
-def sigma_schedule_summary(params: StreamParams) -> list[float]:
-    """σ list a chunk runs at the stream's base strength (for status reports)."""
-    return [round(s, 4) for s in chunk_sigmas(params.steps, params.strength)]

@@ -134,3 +134,53 @@ def with_cfg(cond: Velocity, uncond: Velocity, scale: float) -> Velocity:
         return v_u + scale * (v_c - v_u)
 
     return guided
+
+
+# -- release samplers: which σ a step list runs at, and which t the network is fed ---------------------------
+
+SCHEDULER_STEPS = 1000  # the training grid of CausVid / Self-Forcing's FlowMatchScheduler(set_timesteps(1000))
+
+
+def scheduler_grid(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, sigmas), each (1000,) float64: the grid of CausVid's and Self-Forcing's `FlowMatchScheduler`
+    (shift, sigma_min=0, extra_one_step=True): s = 1000 points from 1 down to 1/1000, σ = shifted s, t = 1000·σ."""
+    s = torch.linspace(1.0, 0.0, SCHEDULER_STEPS + 1, dtype=torch.float64)[:-1]
+    sigmas = shift * s / (1 + (shift - 1) * s)
+    return sigmas * 1000.0, sigmas
+
+
+def nearest_scheduler_sigma(t: float, shift: float) -> float:
+    """σ the official scheduler uses for a timestep t: that of its grid timestep nearest to t (`add_noise` and
+    `_convert_flow_pred_to_x0` both look σ up this way), e.g. t = 757 at shift 8 → 0.756757…"""
+    timesteps, sigmas = scheduler_grid(shift)
+    return float(sigmas[int(torch.argmin((timesteps - t).abs()))])
+
+
+def chunk_schedule(
+    steps: Sequence[int], strength: float, shift: float = DEFAULT_SHIFT, warp: bool = True, pairing: str = "exact"
+) -> list[tuple[float, float]]:
+    """(t, σ) of each denoising step of a chunk at `strength` ∈ (0, 1]: t is what the DiT is fed, σ what the
+    latent is noised to and converted with.
+
+    warp=True (Self-Forcing, LongLive, our default model): steps and strength go through the shifted schedule,
+    σ = shift_sigma(step/1000), and t = 1000·σ (the warped list indexes the scheduler's own timesteps).
+    warp=False (CausVid, StreamDiffusionV2): t is the step itself; σ is t/1000 (pairing "exact") or, as the
+    official code does (pairing "scheduler"), the σ of the scheduler's grid timestep nearest to t.
+    The first entry starts at strength continuously (t = 1000·strength before warping); the grid steps below
+    it follow, so live strength control moves smoothly inside any profile.
+    """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if pairing not in ("exact", "scheduler"):
+        raise ValueError(f"pairing must be 'exact' or 'scheduler', got {pairing!r}")
+    start = strength * 1000.0
+    grid = [start] + [float(s) for s in steps if s < start - 1e-6]
+    out = []
+    for step in grid:
+        if warp:
+            sigma = float(shift_sigma(step / 1000.0, shift))
+            out.append((1000.0 * sigma, sigma))
+        else:
+            sigma = nearest_scheduler_sigma(step, shift) if pairing == "scheduler" else step / 1000.0
+            out.append((step, sigma))
+    return out

@@ -14,6 +14,7 @@ Nothing here unpickles except `convert_checkpoint`, and that only through `torch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -22,19 +23,40 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 GENERATOR_ENTRIES = ("generator_ema", "generator")  # preferred first: EMA weights sample better
-WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "module.", "model.")
+WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "module.", "model.", "base_model.")
+DIT_SHARDS = "diffusion_pytorch_model*.safetensors"  # a Wan release's DiT; its VAE and umT5 sit beside it
+DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
     """A weights file that cannot be read or does not fit the network; the message names the file."""
 
 
-def _shards(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise CheckpointError(f"{path}: folder holds no *.safetensors file")
+def _folder_shards(path: Path) -> list[Path]:
+    """The files of one network in a folder: a Wan release's DiT shards (those its index names, else every
+    `diffusion_pytorch_model*.safetensors`), so converted VAE/umT5 files beside them are not taken in; in any
+    other folder every `*.safetensors`."""
+    index = path / DIT_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a readable shard index ({exc})") from exc
+        files = [path / n for n in names]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard named by {index.name} is missing")
         return files
+    files = sorted(path.glob(DIT_SHARDS)) or sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: folder holds no *.safetensors file")
+    return files
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The safetensors files `load_state_dict(path)` reads (refusing pickles with the convert command)."""
+    if path.is_dir():
+        return _folder_shards(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise CheckpointError(
             f"{path}: pickled checkpoints are not loaded; convert it once with `vidfx convert {path} OUT.safetensors`"
@@ -47,7 +69,7 @@ def _shards(path: Path) -> list[Path]:
 def load_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, or of every shard in a folder. Corrupt files raise CheckpointError."""
     state: dict[str, torch.Tensor] = {}
-    for shard in _shards(Path(path)):
+    for shard in shard_files(Path(path)):
         try:
             part = load_file(str(shard), device=str(device))
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:

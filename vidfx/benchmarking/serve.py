@@ -32,7 +32,8 @@ import zmq.asyncio
 
 from vidfx.config import ModelSettings, resolve_threads
 from vidfx.generation import denoise_chunk
-from vidfx.pipeline import ChunkRequest, StreamParams, load_pipeline
+from vidfx.loading import load_pipeline
+from vidfx.pipeline import ChunkRequest, StreamParams
 from vidfx.sampling import chunk_sigmas, noise_to
 
 

@@ -24,7 +24,11 @@ def _floats(text: str) -> list[float]:
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="run folder (or checkpoint folder beside a config.toml)")
-    p.add_argument("--model", default=None, help="look evaluation of a model: a name (default) or weights folder")
+    p.add_argument("--model", default=None, help="look evaluation of a model: a name (default), a weights folder "
+                   "or a Wan2.1 release folder")  # fmt: skip
+    p.add_argument("--model-dit", default="", help="causal generator for a Wan2.1 release folder (.safetensors)")
+    p.add_argument("--model-lora", default="", help="LoRA merged into it (.safetensors)")
+    p.add_argument("--model-profile", default="auto", help="release profile (default: detected)")
     p.add_argument("--classifier", default=None, help="look classifier (default: the default model's)")
     p.add_argument("--look-clips", type=int, default=4, help="held-out scenes a look (look evaluation)")
     p.add_argument("--look-frames", type=int, default=33, help="frames a scene (look evaluation)")
@@ -56,9 +60,10 @@ def run_looks(args: argparse.Namespace) -> int:
     from vidfx.config import ModelSettings
     from vidfx.data.look_classifier import load_look_classifier
     from vidfx.data.look_eval import evaluate_looks, scores_dict, scores_table
-    from vidfx.pipeline import DEFAULT_CLASSIFIER, load_pipeline
+    from vidfx.loading import DEFAULT_CLASSIFIER, load_pipeline
 
-    pipe = load_pipeline(ModelSettings(name=args.model))
+    model = ModelSettings(name=args.model, dit=args.model_dit, lora=args.model_lora, profile=args.model_profile)
+    pipe = load_pipeline(model)
     classifier = load_look_classifier(args.classifier or DEFAULT_CLASSIFIER)
     settings = {"clips": args.look_clips, "frames": args.look_frames, "seed": args.look_seed, "strength": args.strength}
     scores = evaluate_looks(pipe, classifier, **settings)

@@ -38,7 +38,8 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     import torch
     from pydantic import ValidationError
 
-    from vidfx.pipeline import StreamParams, load_pipeline
+    from vidfx.loading import load_pipeline
+    from vidfx.pipeline import StreamParams
     from vidfx.weights import CheckpointError
 
     try:
@@ -53,7 +54,7 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"vidfx {command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    params = StreamParams.from_settings(settings.model, settings.stream)
+    params = StreamParams.from_settings(pipe.settings, settings.stream)  # the release profile's steps, if any
     if args.prompt is not None:
         params = params.with_(prompts=((args.prompt, 1.0),))
     return pipe, params

@@ -16,6 +16,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "flags win over the environment, which wins over .env, which wins over the defaults shown."
     )
     add_settings_flags(p)
+    p.add_argument("--model", dest="model__name", default=None, help="same as --model-name")
     p.set_defaults(func=run)
 
 

@@ -62,6 +62,11 @@ class Engine:
         self.ready = False
         self.batch = settings.model.max_batch > 1
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidfx-model")
+        # Prompts are encoded here, never on the model worker: a new prompt (seconds of umT5-XXL on a CPU) must
+        # not stall any stream's frames. A stream keeps its previous prompt until the new embedding is cached.
+        self._text = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidfx-text")
+        self._encoding: set[tuple[tuple[str, float], ...]] = set()  # blends being encoded now
+        self._failed: set[tuple[tuple[str, float], ...]] = set()  # blends the encoder refused: the worker reports
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,6 +97,7 @@ class Engine:
         for sid in list(self.sessions):
             self.close_session(sid)
         self._worker.shutdown(wait=True)
+        self._text.shutdown(wait=True, cancel_futures=True)
 
     # -- sessions --------------------------------------------------------------------------------------------
     def open_session(self, stream_id: str, sink: Sink | None = None, params: StreamParams | None = None) -> Session:
@@ -150,9 +156,41 @@ class Engine:
             "sessions": {sid: s.status() for sid, s in self.sessions.items()},
             "dropped": self.metrics.dropped(),
             "frames_per_chunk": [self.pipeline.frames_per_chunk(True), self.pipeline.frames_per_chunk(False)],
-            "resolution": [self.settings.model.width, self.settings.model.height],
+            "resolution": [self.pipeline.settings.width, self.pipeline.settings.height],
+            "sampler": self.pipeline.sampler_status(default_params(self.settings)),
             **self.transport_status,
         }
+
+    # -- prompts ---------------------------------------------------------------------------------------------
+    def _model_params(self, session: Session) -> StreamParams | None:
+        """The parameters the session's next chunk runs with: its own once its prompts are encoded, else the
+        same with the last ready prompts (the encoding started meanwhile); None if it has none ready yet."""
+        prompts = session.params.prompts
+        if prompts in self._failed or self.pipeline.prompts_ready(prompts):
+            session.ready_prompts = prompts
+            return session.params
+        self._encode_soon(prompts)
+        if session.ready_prompts is None:
+            return None
+        return session.params.with_(prompts=session.ready_prompts)
+
+    def _encode_soon(self, prompts: tuple[tuple[str, float], ...]) -> None:
+        """Encode a blend's prompts on the text worker (once at a time per blend); wake the scheduler when done."""
+        if prompts in self._encoding or self._stopping:
+            return
+        self._encoding.add(prompts)
+        future = asyncio.get_running_loop().run_in_executor(self._text, self.pipeline.embed, prompts)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._encoding.discard(prompts)
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("encoding prompts %s failed: %s", [p for p, _ in prompts], f.exception())
+                if len(self._failed) >= 256:  # bounded: a client sending ever new failing prompts
+                    self._failed.clear()
+                self._failed.add(prompts)  # the chunk runs with them and fails there, reported to its session
+            self._wake.set()
+
+        future.add_done_callback(done)
 
     # -- scheduling -------------------------------------------------------------------------------------------
     def _update_depth(self) -> None:
@@ -163,9 +201,14 @@ class Engine:
         flush = self.settings.stream.flush_after_s
         ready: list[Session] = []
         next_due: float | None = None
+        params: dict[str, StreamParams] = {}
         for s in self.sessions.values():
             if s.in_flight or s.paused or not s.pending:
                 continue
+            ready_params = self._model_params(s)
+            if ready_params is None:  # its first prompt is being encoded: its frames wait (bounded) meanwhile
+                continue
+            params[s.id] = ready_params
             if len(s.pending) >= self.frames_needed(s):
                 ready.append(s)
             elif flush > 0:
@@ -180,7 +223,7 @@ class Engine:
             need = self.frames_needed(s)
             frames = [s.pending.popleft() for _ in range(min(need, len(s.pending)))]
             stack = [f.pixels for f in frames] + [frames[-1].pixels] * (need - len(frames))
-            jobs.append(ChunkJob(s, frames, np.stack(stack), len(frames), s.params, s.reset_requested))
+            jobs.append(ChunkJob(s, frames, np.stack(stack), len(frames), params[s.id], s.reset_requested))
             s.reset_requested = False
             s.in_flight = True
         return jobs, next_due

@@ -77,6 +77,9 @@ class Session:
         self.pending: deque[InputFrame] = deque()
         self.output: asyncio.Queue[OutputFrame | None] = asyncio.Queue(engine.settings.stream.output_queue)
         self.model_state: StreamState | None = None  # created by the worker on the first chunk
+        # The prompt blend the model runs with: `params.prompts` once their embeddings are ready (the engine's
+        # text worker encodes them off the model worker), the previous blend until then; None before the first.
+        self.ready_prompts: tuple[tuple[str, float], ...] | None = None
         self.in_flight = False
         self.paused = False
         self.reset_requested = False
@@ -212,5 +215,6 @@ class Session:
             "paused": self.paused,
             "idle_s": round(time.monotonic() - self.last_activity, 3),
             "strength_now": round(self.model_state.last_strength, 4) if self.model_state else None,
+            "prompt_pending": self.ready_prompts != self.params.prompts,
             "params": p,
         }

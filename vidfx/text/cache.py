@@ -5,8 +5,9 @@ misses of a request) and move hits to the most-recent end; when full, the least 
 dropped; `clear()` empties it (e.g. after swapping encoder weights, since cached entries would be stale).
 Counters: `hits`, `misses` (prompts looked up) and `encoder_calls` (times the encoder actually ran).
 
-Thread-safe: the pipeline's model worker and a control handler may ask at once. The lock is held across the
-encoder call so two threads asking for the same new prompt encode it once.
+Thread-safe: the model worker reads embeddings while the engine's text worker encodes new prompts. Two locks:
+`_lock` guards the entries for a moment (a cached prompt never waits for an encoder call in progress), and
+`_encode_lock` serialises encoder calls, so two threads asking for the same new prompt encode it once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PromptEmbeddings:
         self.encoder_calls = 0
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,26 +57,37 @@ class PromptEmbeddings:
         for p in prompts:
             check_prompt(p, self.max_chars)
         with self._lock:
-            missing = [p for p in dict.fromkeys(prompts) if p not in self._entries]
-            self.misses += sum(1 for p in prompts if p in missing)
-            self.hits += len(prompts) - sum(1 for p in prompts if p in missing)
+            if all(p in self._entries for p in prompts):  # the hot path: never waits for an encoder call
+                self.hits += len(prompts)
+                return self._take(prompts, {})
+        with self._encode_lock:
+            with self._lock:
+                missing = [p for p in dict.fromkeys(prompts) if p not in self._entries]
             fresh: dict[str, torch.Tensor] = {}
             if missing:
-                out = self.encoder.encode(missing)
+                out = self.encoder.encode(missing)  # seconds for umT5-XXL on a CPU: outside `_lock`
                 self.encoder_calls += 1
                 expected = (len(missing), self.encoder.max_tokens, self.encoder.text_dim)
                 if tuple(out.shape) != expected:
                     raise ValueError(f"encoder returned {tuple(out.shape)}, expected {expected}")
                 # Own copies: a row view would keep the whole batch alive until every row is evicted.
                 fresh = {p: out[i].float().clone() for i, p in enumerate(missing)}
-            rows = [fresh[p] if p in fresh else self._entries[p] for p in prompts]
-            for p in prompts:
-                if p in fresh:
-                    self._entries[p] = fresh[p]
-                self._entries.move_to_end(p)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-            return torch.stack(rows)
+            with self._lock:
+                n_missed = sum(1 for p in prompts if p in fresh)
+                self.misses += n_missed
+                self.hits += len(prompts) - n_missed
+                return self._take(prompts, fresh)
+
+    def _take(self, prompts: Sequence[str], fresh: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rows of `prompts` (from `fresh` or the entries), storing `fresh`, LRU order and bound kept. Under _lock."""
+        rows = [fresh[p] if p in fresh else self._entries[p] for p in prompts]
+        for p in prompts:
+            if p in fresh:
+                self._entries[p] = fresh[p]
+            self._entries.move_to_end(p)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return torch.stack(rows)
 
     def clear(self) -> None:
         """Drop every entry (counters are kept: they describe the cache's whole life)."""

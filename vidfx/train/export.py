@@ -28,6 +28,13 @@ from vidfx.train.components import text_encoder_from_spec
 from vidfx.weights import load_into
 
 
+def look_prompts(looks: list[str]) -> dict[str, str]:
+    """{look: its prompt} for the dataset's looks (other names read as words), for model.json."""
+    from vidfx.data.looks import LOOKS, prompt_for
+
+    return {look: prompt_for(look) if look in LOOKS else look.replace("_", " ") for look in looks}
+
+
 def text_spec_meta(spec: str) -> dict[str, Any]:
     """model.json's "text" entry for a training text spec (`components.text_encoder_from_spec`)."""
     encoder = text_encoder_from_spec(spec)
@@ -71,6 +78,7 @@ def export_model(
         "dit": dataclasses.asdict(dit_config),
         "text": text or {"kind": "hash", "config": {}},
         "looks": looks or [],  # what the model card claims it renders
+        "look_prompts": look_prompts(looks or []),  # their prompts: serving reads these, not vidfx.data.looks
         "training": training or {},
     }
     if classifier:
