@@ -54,7 +54,7 @@ WAN_TOKENIZER = Path("google") / "umt5-xxl" / "tokenizer.json"
 _CONFIG_FIELDS = ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "in_dim", "out_dim", "num_heads",
                   "num_layers", "patch_size", "eps")  # fmt: skip
 TEXT_ON_GPU_MIN_BYTES = 40 * 1024**3  # umT5-XXL is 11 GB in bf16: beside the DiT only on a large GPU
-TAE_UNAVAILABLE = "the tiny decoder is not available in this build"
+TAE_DECODER = "taew2_1"  # madebyollin/taehv's tiny autoencoder for Wan 2.1 latents (MIT), beside the release
 
 
 # -- our own models ------------------------------------------------------------------------------------------
@@ -137,14 +137,14 @@ class Part:
                 "hint": self.hint}  # fmt: skip
 
 
-def _converted(folder: Path, stem: str, what: str) -> Part:
+def _converted(folder: Path, stem: str, what: str, origin: str = "Wan-AI/Wan2.1-T2V-1.3B") -> Part:
     """`stem.safetensors`, or the `stem.pth` it is converted from (with the command), or missing."""
     st, pth = folder / f"{stem}.safetensors", folder / f"{stem}.pth"
     if st.is_file():
         return Part(what, st, "found")
     if pth.is_file():
         return Part(what, pth, "needs convert", f"vidfx convert {pth} {st}")
-    return Part(what, None, "missing", f"{stem}.pth from Wan-AI/Wan2.1-T2V-1.3B, then vidfx convert it")
+    return Part(what, None, "missing", f"{stem}.pth from {origin}, then vidfx convert it")
 
 
 def _checkpoint(path: str, what: str) -> Part:
@@ -154,8 +154,8 @@ def _checkpoint(path: str, what: str) -> Part:
     return Part(what, p, "found" if p.exists() else "missing")
 
 
-def release_parts(folder: Path, dit: str = "", lora: str = "") -> dict[str, Part]:
-    """Every file a release folder (plus a generator checkpoint and a LoRA) needs, found or not."""
+def release_parts(folder: Path, dit: str = "", lora: str = "", decoder: str = "wan") -> dict[str, Part]:
+    """Every file a release folder (plus a generator checkpoint, a LoRA and the tiny decoder) needs, found or not."""
     parts = {"config": Part("config", folder / WAN_CONFIG, "found")}
     if not (folder / WAN_CONFIG).is_file():
         parts["config"] = Part("config", None, "missing", "config.json from Wan-AI/Wan2.1-T2V-1.3B")
@@ -172,6 +172,8 @@ def release_parts(folder: Path, dit: str = "", lora: str = "") -> dict[str, Part
         parts["lora"] = _checkpoint(lora, "lora")
     parts["vae"] = _converted(folder, WAN_VAE, "vae")
     parts["umt5"] = _converted(folder, WAN_UMT5, "umt5")
+    if decoder == "tae":
+        parts["tae"] = _converted(folder, TAE_DECODER, "tae", origin="github.com/madebyollin/taehv (MIT)")
     tok = folder / WAN_TOKENIZER
     parts["tokenizer"] = (
         Part("tokenizer", tok, "found")
@@ -304,11 +306,10 @@ def _dtype(name: str) -> torch.dtype:
 def _from_release(
     folder: Path, settings: ModelSettings, profile: str | None
 ) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
+    from vidfx.autoencoder import AutoencoderPair, load_tae
     from vidfx.autoencoder.loading import load_autoencoder
 
-    if settings.decoder == "tae":
-        raise CheckpointError(TAE_UNAVAILABLE)
-    parts = release_parts(folder, settings.dit, settings.lora)
+    parts = release_parts(folder, settings.dit, settings.lora, settings.decoder)
     _require(parts)
     cfg = dit_config_from_release(folder)
     dit_part = parts["dit"]
@@ -324,6 +325,12 @@ def _from_release(
     vae_path = parts["vae"].path
     assert vae_path is not None
     ae = load_autoencoder(vae_path)
+    if settings.decoder == "tae":
+        # The Wan VAE still encodes (exact, no time shift: docs/decoders.md); the tiny decoder, ~20× cheaper,
+        # decodes. Both speak the DiT's normalised latents, so the pair needs no conversion between them.
+        tae_path = parts["tae"].path
+        assert tae_path is not None
+        ae = AutoencoderPair(ae, load_tae(tae_path))
     tdev = text_device(settings)
     tdtype = torch.float32 if settings.dtype == "float32" else torch.bfloat16
     umt5, tok = parts["umt5"].path, parts["tokenizer"].path

@@ -17,6 +17,7 @@ def register(p: argparse.ArgumentParser) -> None:
     check.add_argument("--model-dit", default="", help="causal generator checkpoint (.safetensors)")
     check.add_argument("--model-lora", default="", help="LoRA checkpoint (.safetensors)")
     check.add_argument("--model-profile", default="auto", help="release profile (default: detected)")
+    check.add_argument("--model-decoder", default="wan", choices=["wan", "tae"], help="latent decoder to look for")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=run)
 
@@ -43,7 +44,9 @@ def tensor_count(path: Path) -> int:
     return total
 
 
-def check_model(folder: str, dit: str = "", lora: str = "", profile: str = "auto") -> dict[str, Any]:
+def check_model(
+    folder: str, dit: str = "", lora: str = "", profile: str = "auto", decoder: str = "wan"
+) -> dict[str, Any]:
     """The report `vidfx models check` prints; `ok` is whether loading would find every part."""
     from vidfx.config import ModelSettings
     from vidfx.loading import dit_config_from_release, is_wan_release, release_parts, resolve
@@ -55,7 +58,7 @@ def check_model(folder: str, dit: str = "", lora: str = "", profile: str = "auto
         report.update(ok=False, errors=[f"{path}: not a folder"])
         return report
     if is_wan_release(path):
-        parts = release_parts(path, dit, lora)
+        parts = release_parts(path, dit, lora, decoder)
         report["kind"] = "wan-release"
         report["parts"] = [p.as_dict() for p in parts.values()]
         report["ok"] = all(p.status == "found" for p in parts.values())
@@ -92,7 +95,7 @@ def check_model(folder: str, dit: str = "", lora: str = "", profile: str = "auto
 
 
 def run(args: argparse.Namespace) -> int:
-    report = check_model(args.folder, args.model_dit, args.model_lora, args.model_profile)
+    report = check_model(args.folder, args.model_dit, args.model_lora, args.model_profile, args.model_decoder)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
