@@ -118,7 +118,7 @@ def test_loopback_detection():
         ({"op": "set", "stream": "a", "prompts": [{"text": "y", "weight": 0}]}, "must not all be zero"),
         ({"op": "set", "stream": "a", "prompts": [{"text": "y"}]}, "weight"),
         ({"op": "set", "stream": "a", "steps": list(range(1000, 0, -100))}, "more than the limit"),
-        ({"op": "set", "stream": "s" * 200, "seed": 1}, "stream id longer"),
+        ({"op": "set", "stream": "s" * 200, "seed": 1}, "stream id must be 1-128 characters"),
         ({"op": "set", "stream": ""}, "stream"),
         ({"op": 3}, "unknown op"),
         ({"stream": "a"}, "unknown op None"),

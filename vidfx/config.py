@@ -13,10 +13,11 @@ import ipaddress
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vidfx.sampling import CAUSVID_STEPS
@@ -139,9 +140,29 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     token: SecretStr | None = Field(
-        None, description="shared secret required on control and data messages when bound beyond loopback"
+        None,
+        description="shared secret demanded by every transport once set (required beyond loopback); prefer "
+        "VIDFX_TOKEN or --token-file: a --token flag is readable by local users in /proc/<pid>/cmdline",
     )
+    token_file: Path | None = Field(None, description="read the token from this file (its first line)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        """`token_file` → `token` (one or the other), so the secret never has to be on a command line."""
+        if not isinstance(data, dict) or data.get("token_file") in (None, ""):
+            return data
+        if data.get("token") not in (None, ""):
+            raise ValueError("give token or token_file, not both")
+        path = Path(data["token_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"token_file {path}: {exc}") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"token_file {path} is empty")
+        return {**data, "token": lines[0].strip()}
 
 
 # -- command-line flags generated from the models ------------------------------------------------------------

@@ -8,7 +8,6 @@ decoded) and the sender's identity, and returns the reply map. It never raises: 
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import OrderedDict
 from typing import Any
@@ -28,6 +27,9 @@ from vidfx.protocol import (
     unpack_map,
 )
 from vidfx.stream.engine import Engine, SessionLimitError
+from vidfx.transport.auth import check_token
+
+__all__ = ["ControlHandler", "RateLimiter", "check_token"]
 
 
 class RateLimiter:
@@ -50,12 +52,6 @@ class RateLimiter:
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
         return allowed
-
-
-def check_token(presented: object, expected: str | None) -> bool:
-    if expected is None:
-        return True
-    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
 class ControlHandler:

@@ -14,9 +14,7 @@ on the engine's worker.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import re
 import time
 import uuid
 from collections import deque
@@ -31,11 +29,12 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import SessionDescription
 from prometheus_client import Counter, Gauge
 
-from vidfx.config import Settings, WebRTCSettings, is_loopback_address
-from vidfx.protocol import ProtocolError, pack, reply_error, unpack_map
+from vidfx.config import Settings, WebRTCSettings
+from vidfx.protocol import ProtocolError, check_stream_id, pack, reply_error, unpack_map
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
+from vidfx.transport import auth
 from vidfx.webrtc.jitter import enable_marker_frames
 from vidfx.webrtc.media import IngestPump, OutputTrack, StreamOutput
 
@@ -48,7 +47,6 @@ CloseKind = Literal[
     "hangup", "delete", "connect_timeout", "media_timeout", "session_closed", "stream_ended", "connection",
     "signalling", "shutdown",
 ]  # fmt: skip
-STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _STREAM_OPS = ("set", "reset", "pause", "resume", "status")
 
 
@@ -60,20 +58,11 @@ class SignallingError(Exception):
         self.status = status
 
 
-class ConfigError(ValueError):
+class ConfigError(auth.ConfigError):
     """WebRTC settings that would make the node unsafe or unusable."""
 
 
 # -- settings helpers -----------------------------------------------------------------------------------------------
-
-
-def http_token(settings: Settings) -> str | None:
-    """The bearer token HTTP signalling demands, or None on a loopback-only node without one configured.
-    Refuses an HTTP server reachable beyond loopback without a token (the page, WHIP and WHEP take media)."""
-    token = settings.token.get_secret_value() if settings.token else None
-    if not is_loopback_address(settings.http.host) and not token:
-        raise ConfigError(f"HTTP on {settings.http.host} reaches beyond loopback: set a token (--token or VIDFX_TOKEN)")
-    return token
 
 
 def ice_servers(settings: WebRTCSettings) -> list[RTCIceServer]:
@@ -125,14 +114,6 @@ def enable_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
-def check_bearer(header: str | None, token: str | None) -> bool:
-    if token is None:
-        return True
-    if not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
-
-
 # -- peers ------------------------------------------------------------------------------------------------------------
 
 
@@ -175,7 +156,7 @@ class WebRTCGateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.webrtc
-        self.token = http_token(settings)
+        self.token = auth.node_token(settings)  # the same rule as every other transport
         self.ice = ice_servers(self.cfg)
         if self.cfg.loopback_candidates:
             enable_loopback_candidates()
@@ -274,11 +255,10 @@ class WebRTCGateway:
     def stream_name(self, requested: str | None, via: Via, peer_id: str) -> str:
         if requested is None:
             return f"{via}-{peer_id[:8]}"
-        if len(requested) > self.settings.limits.max_stream_id or not STREAM_ID.fullmatch(requested):
-            raise SignallingError(
-                400, f"stream id must be 1-{self.settings.limits.max_stream_id} characters of [A-Za-z0-9_.-]"
-            )
-        return requested
+        try:
+            return check_stream_id(requested, self.settings.limits)
+        except ProtocolError as exc:
+            raise SignallingError(400, str(exc)) from None
 
     async def _answer(
         self, peer: Peer, offer: RTCSessionDescription, before_answer: Callable[[], None] | None = None

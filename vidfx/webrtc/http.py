@@ -25,7 +25,8 @@ from aiohttp import web
 
 from vidfx.config import Settings
 from vidfx.stream.engine import Engine
-from vidfx.webrtc.gateway import Peer, SignallingError, WebRTCGateway, check_bearer, link_headers
+from vidfx.transport.auth import check_bearer
+from vidfx.webrtc.gateway import Peer, SignallingError, WebRTCGateway, link_headers
 
 GATEWAY_KEY: web.AppKey[WebRTCGateway] = web.AppKey("webrtc")
 DEFAULT_LOOKS = ("pencil sketch", "pixel art", "thermal camera", "neon edges", "watercolor", "vintage sepia")
@@ -90,17 +91,25 @@ async def config(request: web.Request) -> web.Response:
     s = gw.settings
     engine = gw.engine
     looks = list(getattr(engine.pipeline, "looks", None) or DEFAULT_LOOKS) if engine else list(DEFAULT_LOOKS)
+    authorised = _authorised(request)
+    # Without the token: what the page needs to draw itself and ask for the token (the model's looks and limits);
+    # the operator's default prompt and the ICE (TURN) servers only to callers with the token. With no token
+    # configured (loopback only) every caller is authorised.
     body: dict[str, Any] = {
         "auth_required": gw.token is not None,
-        "authorised": _authorised(request),
+        "authorised": authorised,
         "ready": bool(engine and engine.ready),
         "model": engine.pipeline.name if engine else None,
         "looks": looks,
-        "defaults": {"prompt": s.stream.prompt, "strength": s.model.strength, "steps": list(s.model.steps)},
+        "defaults": {
+            "prompt": s.stream.prompt if authorised else None,
+            "strength": s.model.strength,
+            "steps": list(s.model.steps),
+        },
         "limits": {"max_steps": s.limits.max_steps, "max_prompt_chars": s.limits.max_prompt_chars},
         "stats_interval_s": s.webrtc.stats_interval_s,
     }
-    if body["authorised"]:
+    if authorised:
         body["ice_servers"] = [
             {"urls": i.urls, **({"username": i.username, "credential": i.credential} if i.username else {})}
             for i in gw.ice
@@ -116,7 +125,7 @@ async def offer(request: web.Request) -> web.Response:
         return _unauthorized()
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # deep nesting: a client error, not a 500
         return _error(400, 'expected a JSON body {"sdp": "...", "type": "offer"}')
     if not isinstance(data, dict) or not isinstance(data.get("sdp"), str) or data.get("type") != "offer":
         return _error(400, 'expected a JSON body {"sdp": "...", "type": "offer"}')
