@@ -321,7 +321,7 @@ async def test_control_handler_on_a_live_engine(pipe):
         params = engine.session("s1").params
         assert params.prompts == (("a red fox", 1.0),) and params.steps == (900, 400) and params.strength == 0.5
         h.handle({"op": "set", "stream": "s2", "seed": 1, "token": "t" * 16})
-        full = h.handle({"op": "set", "stream": "s3", "seed": 1, "token": "t" * 16})
+        full = h.handle({"op": "set", "stream": "s3", "seed": 1, "token": "t" * 16}, client="another")
         assert full["ok"] is False and "session slots" in full["error"]
         st = h.handle(msgpack.packb({"op": "status", "token": "t" * 16}))
         assert st["ok"] and sorted(st["sessions"]) == ["s1", "s2"] and st["sessions"]["s1"]["params"]["strength"] == 0.5

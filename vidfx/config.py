@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vidfx.sampling import CAUSVID_STEPS
@@ -70,6 +70,24 @@ class StreamSettings(_Section):
     motion_aware: bool = Field(False, description="more noise where the scene moves less (per chunk)")
     motion_range: float = Field(0.15, ge=0, le=1, description="motion-aware strength swing around strength")
     motion_ref: float = Field(0.06, gt=0, le=1, description="mean |Δpixel| (0..1) counted as full motion")
+    unclaimed_grace_s: float = Field(
+        5.0, gt=0, description="close a session no publisher feeds (opened by `claim`/`set`) after this long"
+    )
+    keys: list[str] = Field(
+        [], description="configured stream keys, as STREAM=KEY pairs (others are issued when a stream is claimed)"
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _key_pairs(cls, pairs: list[str]) -> list[str]:
+        for pair in pairs:
+            stream, sep, key = pair.partition("=")
+            if not sep or not stream or len(key) < 16:
+                raise ValueError("each stream key is STREAM=KEY with a key of at least 16 characters")
+        return pairs
+
+    def configured_keys(self) -> dict[str, str]:
+        return dict(pair.partition("=")[::2] for pair in self.keys)
 
 
 class ZmqSettings(_Section):
@@ -122,6 +140,19 @@ class LimitSettings(_Section):
     max_stream_id: int = Field(128, ge=1, description="longest stream id")
     control_rate: float = Field(50.0, gt=0, description="control messages per second per client")
     control_burst: int = Field(100, ge=1, description="control messages a client may send at once")
+    control_address_factor: float = Field(
+        4.0, ge=1, description="one peer address, all its connections together: this × a client's rate and burst"
+    )
+    control_transport_bytes: int = Field(
+        1 << 20, ge=1024, description="largest control message ZeroMQ receives (larger ones cost the connection)"
+    )
+    unclaimed_per_client: int = Field(
+        2, ge=0, description="streams one client (peer address) may hold claimed without frames"
+    )
+    sessions_per_connection: int = Field(4, ge=1, description="streams one ZeroMQ publisher connection may feed")
+    frames_per_connection: float = Field(
+        240.0, gt=0, description="frames per second one ZeroMQ publisher connection may send (bursts of 2 s)"
+    )
 
 
 class Settings(BaseSettings):

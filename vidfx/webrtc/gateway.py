@@ -275,8 +275,10 @@ class WebRTCGateway:
             before_answer()
         await pc.setLocalDescription(await pc.createAnswer())  # aiortc gathers every candidate here
 
-    async def publish(self, offer_sdp: str, via: Via, stream: str | None = None) -> Peer:
-        """A client sends video (and, from the page, receives the stylised video back on the same transceiver)."""
+    async def publish(self, offer_sdp: str, via: Via, stream: str | None = None, key: str | None = None) -> Peer:
+        """A client sends video (and, from the page, receives the stylised video back on the same transceiver).
+        The peer owns its stream (docs/serving.md, "Stream ownership"): a stream a control client claimed is
+        adopted only with its `key`; one another publisher feeds is refused."""
         engine = self._ready_engine()
         offer, direction = self._check_offer(offer_sdp, "publisher")
         if self.count("publisher") >= self.cfg.max_peers:
@@ -286,19 +288,25 @@ class WebRTCGateway:
         if any(p.role == "publisher" and p.stream == name for p in self.peers.values()):
             raise SignallingError(409, f"stream {name!r} already has a WebRTC publisher")
         existing = engine.session(name)
-        if existing is not None and existing.sink is not None:
+        if existing is not None and (existing.sink is not None or existing.owner is not None):
             raise SignallingError(409, f"stream {name!r} is already fed by another source")
+        if existing is not None and not existing.key_matches(key):
+            raise SignallingError(403, f"stream {name!r} is claimed: give its key")
+        owner = f"webrtc:{peer_id}"
         peer = Peer(peer_id, "publisher", via, name, self._new_pc())
         self.peers[peer_id] = peer
         self._update_gauge()
         try:
-            if existing is not None:  # opened by a control `set` before any frame: adopt it
+            if existing is not None:  # claimed by a control client before any frame: adopt it (key checked)
                 peer.session = existing
+                existing.owner = owner
             else:
                 try:
-                    peer.session = engine.open_session(name)
+                    peer.session = engine.open_session(name, owner=owner, key=key)
                 except SessionLimitError as exc:
                     raise SignallingError(503, str(exc)) from None
+                except PermissionError as exc:
+                    raise SignallingError(403, str(exc)) from None
                 peer.owns_session = True
             output = self._output_for(peer.session, feed=True)
             peer.session.sink = output.push
@@ -422,7 +430,7 @@ class WebRTCGateway:
             else:
                 if obj.get("op") in _STREAM_OPS and "stream" not in obj:
                     obj["stream"] = peer.stream
-                reply = self.control.handle(obj, client=f"webrtc-{peer.id}")
+                reply = self.control.handle(obj, client=f"webrtc-{peer.id}", own_stream=peer.stream)
         if channel.readyState == "open":
             channel.send(pack(reply))
 
@@ -529,6 +537,7 @@ class WebRTCGateway:
                 self.engine.close_session(peer.stream)
             elif peer.session.sink is not None:
                 peer.session.sink = None
+                peer.session.owner = None  # free to be claimed again (with its key) until it idles out
             out = self.outputs.pop(peer.stream, None)
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next
