@@ -118,7 +118,8 @@ async def test_overload_drops_counted_latency_bounded():
 
 async def test_control_changes_output_and_two_prompts_stay_isolated():
     video = make_video(9, seed=3)
-    async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16") as node:
+    async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16",
+                            "--limits-sessions-per-connection", "16") as node:  # fmt: skip
         pub, sub = await node.publisher(), await node.subscriber()
         # Reference: stream A alone with prompt P1.
         claimed = await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7})
