@@ -167,7 +167,8 @@ async def test_token_file_is_enforced_everywhere_and_http_errors_are_client_erro
                                          "Connection: close\r\n\r\n".encode())  # fmt: skip
         assert code == 200 and b"the operator's secret prompt" in raw
         # Defect 2: a bearer that is not UTF-8 is a 401, not a 500.
-        request = b"GET /webrtc/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+        request = b"GET /webrtc/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n"
+        request += b"\r\n"
         code, raw = await _raw_http(url, request)
         assert code == 401, raw
         # Defect 1: deeply nested JSON is a 400 with a reason, not a RecursionError's 500.
