@@ -53,7 +53,7 @@ async def test_hijack_and_foreign_control_are_refused_and_counted():
         await send_frame(attacker, "mine", 0, video[0])  # no key: refused, the stream stays unfed
         await send_frame(owner, "mine", 0, video[0], key=key)
         await send_frame(attacker, "mine", 1, video[1], key=key + "x")
-        (h, _), = await recv_frames(sub, 1, timeout=60)
+        ((h, _),) = await recv_frames(sub, 1, timeout=60)
         assert h["stream"] == "mine" and h["seq"] == 0
         assert (await node.control({"op": "pause", "stream": "mine", "key": key}))["ok"]
         st = (await node.control({"op": "status", "stream": "mine"}))["session"]
@@ -108,7 +108,7 @@ async def test_strict_envelopes_and_stream_ids_over_zeromq():
         evil = "\x00\n\x1b[31mred"
         await send_frame(pub, evil, 0, px)
         await send_frame(pub, "ok-stream", 0, px)
-        (h, _), = await recv_frames(sub, 1, timeout=60)
+        ((h, _),) = await recv_frames(sub, 1, timeout=60)
         assert h["stream"] == "ok-stream"
         m = await node.metrics()
         assert m["vidfx_frames_dropped_total{reason=malformed}"] == 3
@@ -155,7 +155,7 @@ async def test_token_file_is_enforced_everywhere_and_http_errors_are_client_erro
         video = make_video(2)
         await send_frame(pub, "no-token", 0, video[0])
         await send_frame(pub, "with-token", 0, video[0], token=TOKEN)
-        (h, _), = await recv_frames(sub, 1, timeout=60)
+        ((h, _),) = await recv_frames(sub, 1, timeout=60)
         assert h["stream"] == "with-token"
         assert (await node.metrics())["vidfx_frames_dropped_total{reason=unauthorized}"] == 1
         url = node.endpoints["http"]
