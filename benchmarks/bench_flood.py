@@ -1,14 +1,14 @@
 """A victim stream's FPS and latency with and without a flooding neighbour, in one run (issue 19).
 
-    python benchmarks/bench_flood.py [--seconds 15] [--json benchmarks/flood.json]
+    python benchmarks/bench_flood.py [--seconds 15] [--flood-rate 9000] [--json benchmarks/flood.json]
 
 One `vidfx serve` subprocess on loopback. The victim publishes 128x96 frames at `--fps` (15) on its own ZeroMQ
-connection; phases alternate: victim alone, victim + flooder, victim alone, victim + flooder. The flooder is
-another connection sending 16x16 frames at `--flood-rate` (9000/s, what issue 19 measured) — on a stream of its own ("neighbour": fair sharing
-of the model is expected, and the per-connection frame quota bounds what it costs the event loop) and, in the
-"hijack" phase, under the victim's stream id (refused by ownership). Reported: the victim's output FPS and
-latency p50/p95 (send → receive, both in this process) per phase, and flooded / alone ratios against the mean
-of the alone phases. Goal (issue 19): p95 ≤ 1.2× and FPS ≥ 95% of alone.
+connection; phases alternate: victim alone, victim + flooder. The flooder is another connection sending 16x16
+frames at `--flood-rate` (9000/s, what issue 19 measured): on a stream of its own ("neighbour flood": the
+model is shared fairly, the per-connection frame quota bounds what the flood costs the event loop) or under
+the victim's stream id ("hijack flood": refused by ownership, no model work). Reported: the victim's output
+FPS and latency p50/p95 (send → receive, both in this process) per phase, and ratios against the mean of the
+alone phases. Goal (issue 19): p95 ≤ 1.2× and FPS ≥ 95% of alone.
 """
 
 from __future__ import annotations
