@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,35 +61,50 @@ async def publisher(ctx: zmq.asyncio.Context, endpoint: str, hwm: int) -> zmq.as
     return pub
 
 
-async def flood(pub: zmq.asyncio.Socket, stream: str, stop: asyncio.Event, rate: float) -> int:
-    """16x16 frames at `rate` a second (0: as fast as this process can), non-blocking: beyond the HWM ZeroMQ
-    drops them."""
+def flood(endpoint: str, stream: str, rate: float) -> None:
+    """The flooder process: 16x16 frames at `rate` a second (0: as fast as it can) until SIGINT, then prints
+    how many it sent. Non-blocking sends: beyond the HWM ZeroMQ drops them."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 1000)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(endpoint)
+    pub.recv()  # the node's subscription
+    print("ready", flush=True)
     tiny = np.zeros((16, 16, 3), np.uint8).tobytes()
     sent = 0
     start = time.perf_counter()
-    while not stop.is_set():
-        if rate > 0:
-            await asyncio.sleep(max(start + sent / rate - time.perf_counter(), 0))
-        for _ in range(200):
-            header = {"v": 1, "stream": stream, "seq": sent, "pts_us": 0, "w": 16, "h": 16, "fmt": "rgb24"}
-            # Non-blocking on the asyncio socket: resolves at once; beyond the HWM ZeroMQ drops the frame.
-            pub.send_multipart([msgpack.packb(header), tiny], flags=zmq.NOBLOCK)
-            sent += 1
-        await asyncio.sleep(0)
-    return sent
+    try:
+        while True:
+            if rate > 0:
+                time.sleep(max(start + sent / rate - time.perf_counter(), 0))
+            for _ in range(100):
+                header = {"v": 1, "stream": stream, "seq": sent, "pts_us": 0, "w": 16, "h": 16, "fmt": "rgb24"}
+                with contextlib.suppress(zmq.Again):
+                    pub.send_multipart([msgpack.packb(header), tiny], flags=zmq.NOBLOCK)
+                sent += 1
+    except KeyboardInterrupt:
+        pass
+    pub.close(0)
+    ctx.term()
+    print(sent, flush=True)
 
 
-async def phase(ev: dict, ctx: zmq.asyncio.Context, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
+async def phase(ev: dict, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
                 name: str, flood_stream: str | None, seconds: float, fps: float, seq0: int,
                 flood_rate: float) -> dict:  # fmt: skip
     video = np.random.default_rng(0).integers(0, 256, (16, 96, 128, 3), dtype=np.uint8)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
-    stop = asyncio.Event()
-    flooder_task = None
+    flooder = None
     if flood_stream is not None:
-        flooder = await publisher(ctx, ev["input"], 1000)
-        flooder_task = asyncio.create_task(flood(flooder, flood_stream, stop, flood_rate))
+        # Its own process: a flood in this one would delay the victim's sends and receive timestamps.
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--flood", ev["input"], flood_stream, str(flood_rate),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert flooder.stdout is not None
+        await asyncio.wait_for(flooder.stdout.readline(), 30)  # connected and subscribed
 
     async def receive() -> None:
         while True:
@@ -107,12 +124,13 @@ async def phase(ev: dict, ctx: zmq.asyncio.Context, victim: zmq.asyncio.Socket, 
         i += 1
         await asyncio.sleep(max(start + i / fps - time.perf_counter(), 0))
     elapsed = time.perf_counter() - start
-    stop.set()
-    flooded = await flooder_task if flooder_task is not None else 0
+    flooded = 0
+    if flooder is not None:
+        flooder.send_signal(signal.SIGINT)
+        out, _ = await flooder.communicate()
+        flooded = int(out.split()[-1])
     await asyncio.sleep(1.5)  # the last chunk's outputs
     receiver.cancel()
-    if flood_stream is not None:
-        flooder.close(0)
     steady = latencies[len(latencies) // 10 :]  # skip the phase's first chunks
     return {
         "phase": name,
@@ -138,7 +156,7 @@ async def main(args: argparse.Namespace) -> dict:
                 ("alone", None), ("neighbour flood", "neighbour")]  # fmt: skip
         rows, seq = [], 0
         for name, flood_stream in plan:
-            row = await phase(ev, ctx, victim, sub, name, flood_stream, args.seconds, args.fps, seq, args.flood_rate)
+            row = await phase(ev, victim, sub, name, flood_stream, args.seconds, args.fps, seq, args.flood_rate)
             seq += row["sent"]
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -172,6 +190,9 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--flood"]:
+        flood(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        sys.exit(0)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     p.add_argument("--fps", type=float, default=15.0, help="the victim's frame rate")
