@@ -31,6 +31,12 @@ import zmq.asyncio
 REPO = Path(__file__).resolve().parents[1]
 
 
+def node_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -92,7 +98,7 @@ def flood(endpoint: str, stream: str, rate: float) -> None:
 
 async def phase(ev: dict, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
                 name: str, flood_stream: str | None, seconds: float, fps: float, seq0: int,
-                flood_rate: float) -> dict:  # fmt: skip
+                flood_rate: float, node_pid: int) -> dict:  # fmt: skip
     video = np.random.default_rng(0).integers(0, 256, (16, 96, 128, 3), dtype=np.uint8)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
@@ -114,6 +120,7 @@ async def phase(ev: dict, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
                 latencies.append(time.perf_counter() - sent_at.pop(h["seq"]))
 
     receiver = asyncio.create_task(receive())
+    cpu0 = node_cpu_s(node_pid)
     start = time.perf_counter()
     i = 0
     while time.perf_counter() - start < seconds:
@@ -124,6 +131,7 @@ async def phase(ev: dict, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
         i += 1
         await asyncio.sleep(max(start + i / fps - time.perf_counter(), 0))
     elapsed = time.perf_counter() - start
+    node_cpu = (node_cpu_s(node_pid) - cpu0) / elapsed
     flooded = 0
     if flooder is not None:
         flooder.send_signal(signal.SIGINT)
@@ -139,6 +147,7 @@ async def phase(ev: dict, victim: zmq.asyncio.Socket, sub: zmq.asyncio.Socket,
         "p50_ms": round(pct(steady, 50) * 1e3, 1),
         "p95_ms": round(pct(steady, 95) * 1e3, 1),
         "flood_frames_per_s": round(flooded / elapsed),
+        "node_cpu_cores": round(node_cpu, 2),
     }
 
 
@@ -156,7 +165,9 @@ async def main(args: argparse.Namespace) -> dict:
                 ("alone", None), ("neighbour flood", "neighbour")]  # fmt: skip
         rows, seq = [], 0
         for name, flood_stream in plan:
-            row = await phase(ev, victim, sub, name, flood_stream, args.seconds, args.fps, seq, args.flood_rate)
+            row = await phase(
+                ev, victim, sub, name, flood_stream, args.seconds, args.fps, seq, args.flood_rate, proc.pid
+            )
             seq += row["sent"]
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -203,9 +214,11 @@ if __name__ == "__main__":
     a = p.parse_args()
     result = asyncio.run(main(a))
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
-    print("| phase | victim out FPS | p50 ms | p95 ms | FPS vs alone | p95 vs alone | flooder frames/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| phase | victim out FPS | p50 ms | p95 ms | FPS vs alone | p95 vs alone | flooder frames/s | node CPU cores |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in result["phases"]:
         print(f"| {r['phase']} | {r['out_fps']} | {r['p50_ms']} | {r['p95_ms']} | {r['fps_vs_alone']:.0%} | "
-              f"{r['p95_vs_alone']:.2f}× | {r['flood_frames_per_s']} |")  # fmt: skip
+              f"{r['p95_vs_alone']:.2f}× | {r['flood_frames_per_s']} | {r['node_cpu_cores']} |")  # fmt: skip
     print("victim refused:", result["victim_refused"], "dropped:", result["dropped"])

@@ -127,6 +127,7 @@ class ZmqDataPlane:
         self.output.setsockopt(zmq.LINGER, 0)
         _secure(self.input, settings)
         _secure(self.output, settings)
+        self._input_now = zmq.Socket.shadow(self.input.underlying)  # same socket, synchronous API
         self.input_endpoint = _open(self.input, z.input, z.input_bind)
         self.output_endpoint = _open(self.output, z.output, z.output_bind)
         self.subscribers = 0
@@ -140,8 +141,8 @@ class ZmqDataPlane:
             parts = await self.input.recv_multipart(copy=False)
             self._handle(parts)
             for _ in range(_DRAIN_MAX):
-                try:
-                    parts = await self.input.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                try:  # the plain socket: a non-blocking receive needs no Future (a flood's cost is per message)
+                    parts = self._input_now.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._handle(parts)
