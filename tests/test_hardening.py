@@ -11,9 +11,15 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import zmq
+import zmq.asyncio
+from aiortc import RTCSessionDescription
 
 from tests.serve_harness import REPO, make_video, recv_frames, running_node, send_frame
 from tests.test_serve import mean_diff, stream_paced, wait_until
+from tests.webrtc_harness import new_pc, wait_frames, whep_view, whip_exchange
+from tests.webrtc_harness import running_node as webrtc_node
+from vidfx.webrtc.stamp import SyntheticVideoTrack
 
 pytestmark = pytest.mark.timeout(240)
 TOKEN = "0123456789abcdef-hardening"
@@ -202,3 +208,56 @@ async def test_http_beyond_loopback_needs_a_token_without_webrtc_and_token_flag_
     # Defect 9: a token on the command line works but is called out (it is in /proc/<pid>/cmdline).
     code, err = await _serve_exit("--token", "too-short")
     assert code == 2 and "at least 16 characters" in err and "--token is readable by every local user" in err, err
+
+
+async def test_webrtc_publishers_own_their_streams_like_zeromq_ones():
+    async def whip(url: str, path: str) -> tuple[int, dict, str, object]:
+        pc = new_pc()
+        pc.addTransceiver(SyntheticVideoTrack(128, 96, fps=15), direction="sendonly")
+        status, headers, body = await whip_exchange(url, path, pc)
+        if status == 201:
+            await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        return status, headers, body, pc
+
+    async with webrtc_node() as node:
+        ctx = zmq.asyncio.Context()
+        dealer, pub = ctx.socket(zmq.DEALER), ctx.socket(zmq.XPUB)
+        pcs = []
+        try:
+            dealer.connect(node.endpoints["control"])
+            pub.connect(node.endpoints["input"])
+            await asyncio.wait_for(pub.recv(), 10)
+
+            async def control(msg: dict) -> dict:
+                await dealer.send(msgpack.packb(msg))
+                return msgpack.unpackb(await asyncio.wait_for(dealer.recv(), 10))
+
+            key = (await control({"op": "claim", "stream": "claimed"}))["key"]
+            status, _, body, pc = await whip(node.url, "/whip/claimed")  # a claimed stream wants its key
+            pcs.append(pc)
+            assert status == 403 and "give its key" in body
+            status, headers, body, pc = await whip(node.url, f"/whip/claimed?key={key}")
+            pcs.append(pc)
+            assert status == 201, body
+            assert headers["X-Vidfx-Stream-Key"] == key
+            status, _, body, pc = await whip(node.url, f"/whip/claimed?key={key}")  # one publisher per stream
+            pcs.append(pc)
+            assert status == 409
+            viewer = await whep_view(node.url, "claimed")
+            pcs.append(viewer.pc)
+            await wait_frames(viewer.rx, 3, timeout=30)  # the WHIP publisher's stream flows
+            # ZeroMQ frames under its id are refused, even with the key (a WebRTC-fed stream is not taken over).
+            px = np.zeros((96, 128, 3), np.uint8)
+            await send_frame(pub, "claimed", 0, px)
+            await send_frame(pub, "claimed", 1, px, key=key)
+            await asyncio.sleep(0.5)
+            st = await control({"op": "status", "stream": "claimed"})
+            assert st["session"]["refused"] == 2 and st["session"]["fed"] is True
+            assert "belongs to another client" in (await control({"op": "pause", "stream": "claimed"}))["error"]
+            assert (await control({"op": "pause", "stream": "claimed", "key": key}))["ok"]
+        finally:
+            for pc in pcs:
+                await pc.close()
+            dealer.close(0)
+            pub.close(0)
+            ctx.term()
