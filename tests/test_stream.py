@@ -329,6 +329,29 @@ async def test_control_handler_on_a_live_engine(pipe):
         await engine.stop()
 
 
+async def test_configured_stream_keys_are_demanded_never_handed_out(pipe):
+    configured = "k" * 20
+    settings = Settings(_env_file=None, stream={"keys": [f"cam={configured}"], "max_sessions": 4})
+    settings.model.warmup_chunks = 0
+    engine = Engine(pipe, settings)
+    await engine.start()
+    try:
+        h = ControlHandler(engine, settings.limits)
+        for extra in ({}, {"key": "w" * 20}):
+            reply = h.handle({"op": "claim", "stream": "cam", **extra})
+            assert reply["ok"] is False and "configured key" in reply["error"] and configured not in str(reply)
+        assert engine.session("cam") is None
+        assert h.handle({"op": "claim", "stream": "cam", "key": configured})["key"] == configured
+        chosen = h.handle({"op": "claim", "stream": "other", "key": "c" * 16})
+        third = h.handle({"op": "claim", "stream": "third"}, client="b")  # (2 unfed claims per client)
+        assert chosen["key"] == "c" * 16 and len(third["key"]) >= 16
+        assert "at least 16" in h.handle({"op": "claim", "stream": "short", "key": "c"}, client="c")["error"]
+    finally:
+        await engine.stop()
+    with pytest.raises(ValueError, match="STREAM=KEY"):
+        Settings(_env_file=None, stream={"keys": ["cam=short"]})
+
+
 async def test_engine_overload_drops_oldest_and_accounts_for_every_frame(pipe):
     settings = Settings(_env_file=None, stream={"flush_after_s": 0.05})
     settings.model.warmup_chunks = 0

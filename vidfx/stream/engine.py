@@ -107,13 +107,14 @@ class Engine:
         key: str | None = None,
     ) -> Session:
         """Open `stream_id`, owned by `owner` (the publisher feeding it; None: claimed, not fed yet). Its key is the
-        configured one, else `key` (chosen by the publisher), else a fresh random one."""
+        configured one (which `key` must then be: PermissionError otherwise), else `key` (chosen by the claimer),
+        else a fresh random one."""
         if stream_id in self.sessions:
             raise ValueError(f"session {stream_id!r} is already open")
         if len(self.sessions) >= self.settings.stream.max_sessions:
             raise SessionLimitError(f"all {self.settings.stream.max_sessions} session slots are in use")
         configured = self._keys.get(stream_id)
-        if configured is not None and key is not None and not check_token(key, configured):
+        if configured is not None and not check_token(key, configured):  # never handed to whoever comes first
             raise PermissionError(f"stream {stream_id!r} has a configured key: give it")
         stream_key = configured or key or secrets.token_urlsafe(18)
         params = params or default_params(self.settings)
