@@ -144,6 +144,32 @@ def test_control_valid_messages_and_unpack_limits():
         parse_control(huge_claim, LIMITS)
 
 
+def _vidfx_imports(path) -> set[str]:
+    """Every vidfx module a file imports, TYPE_CHECKING blocks included (a cycle there is still a cycle)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("vidfx"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("vidfx")}
+    return found
+
+
+def test_transports_and_stream_never_import_the_node():
+    """vidfx.node wires transports together; they (and the engine) must not import it back (issue 19)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vidfx"
+    files = [*root.joinpath("transport").glob("*.py"), *root.joinpath("webrtc").glob("*.py"),
+             *root.joinpath("stream").glob("*.py")]  # fmt: skip
+    assert len(files) > 8
+    offenders = {f.name: sorted(i) for f in files if (i := {m for m in _vidfx_imports(f) if m == "vidfx.node"})}
+    assert offenders == {}
+    assert "vidfx.transport.http" in _vidfx_imports(root / "node.py")  # the direction that is allowed
+
+
 def test_frame_header_checks():
     h = parse_frame(frame_header("cam", 5, -7, 4, 2), b"\0" * 24, LIMITS)
     assert (h.stream, h.seq, h.pts_us, h.w, h.h) == ("cam", 5, -7, 4, 2)
