@@ -74,7 +74,9 @@ class StreamSettings(_Section):
         5.0, gt=0, description="close a session no publisher feeds (opened by `claim`/`set`) after this long"
     )
     keys: list[str] = Field(
-        [], description="configured stream keys, as STREAM=KEY pairs (others are issued when a stream is claimed)"
+        [],
+        description="configured stream keys, STREAM=KEY pairs (others are issued at claim); set them in the "
+        "environment or .env, not as flags: flags are readable in /proc/<pid>/cmdline",
     )
 
     @field_validator("keys")
