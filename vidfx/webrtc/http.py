@@ -3,7 +3,8 @@
     GET  /                          the page (vidfx/web/), and its assets under /static/
     GET  /watch/{stream}            a full-window WHEP viewer of one stream (e.g. an OBS Browser Source)
     GET  /config.json               looks, defaults and whether a token is needed (ICE servers once authorised)
-    POST /offer                   {"sdp", "type": "offer", "stream"?, "key"?} → {"sdp", "type", "peer", "stream", "key"}
+    POST /offer                     {"sdp", "type": "offer", "stream"?, "key"?}
+                                    → {"sdp", "type": "answer", "peer", "stream", "key"}
     DELETE /offer/{peer}            hang up
     POST /whip[/{stream}][?key=K]   RFC 9725: application/sdp offer → 201 + Location + answer (ICE gathered),
                                     and the stream's key in X-Vidfx-Stream-Key
