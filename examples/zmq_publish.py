@@ -79,20 +79,24 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"), help="synthetic size")
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = never)")
     p.add_argument("--token", default=None, help="the node's token, when it listens beyond loopback")
-    p.add_argument("--prompt", default=None, help="send this prompt first")
+    p.add_argument("--key", default=None, help="the stream's key (configured, or one you choose: 16+ characters)")
+    p.add_argument("--prompt", default=None, help="send this prompt first (claims the stream: its key is printed)")
     p.add_argument("--strength", type=float, default=None)
     args = p.parse_args()
 
     ctx = zmq.Context()
+    key = args.key
     if args.prompt is not None or args.strength is not None:
-        msg: dict = {"op": "set", "stream": args.stream}
+        msg: dict = {"op": "set", "stream": args.stream, **({"key": key} if key else {})}
         if args.prompt is not None:
             msg["prompt"] = args.prompt
         if args.strength is not None:
             msg["strength"] = args.strength
         if args.token:
             msg["token"] = args.token
-        print("control:", send_control(ctx, args.control, msg, args.curve_server_key))
+        reply = send_control(ctx, args.control, msg, args.curve_server_key)
+        print("control:", reply)  # a `set` that claimed the stream returns its key: it steers the stream later
+        key = reply.get("key", key)
 
     # XPUB: wait for the node's subscription so the first frames are not lost to the PUB/SUB slow joiner.
     pub = curve_client(ctx.socket(zmq.XPUB), args.curve_server_key)
@@ -117,6 +121,8 @@ def main() -> None:
                   "fmt": "rgb24"}  # fmt: skip
         if args.token:
             header["token"] = args.token
+        if key:
+            header["key"] = key  # the stream was claimed (by the `set` above): its frames must show the key
         pub.send_multipart([msgpack.packb(header), np.ascontiguousarray(rgb)])
         time.sleep(max(0.0, start + (seq + 1) / args.fps - time.perf_counter()))
         if seq % int(args.fps * 5) == 0:

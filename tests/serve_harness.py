@@ -89,7 +89,7 @@ class NodeProcess(NodeOutput):
 
     async def subscriber_with_token(self, token: str | None) -> zmq.asyncio.Socket:
         status = {"op": "status"} | ({"token": token} if token else {})
-        poller = self.dealer()  # its own identity: polling never eats into the test's control rate budget
+        poller = self.dealer()  # its own identity (it still shares the per-address budget, 4x a client's)
         before = (await self.control(status, sock=poller)).get("output_subscribers", 0)
         sub = self._track(self.ctx.socket(zmq.SUB))
         sub.setsockopt(zmq.RCVHWM, 100_000)

@@ -19,16 +19,18 @@ def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-async def stream_paced(pub, sub, stream: str, video: np.ndarray, first_seq: int = 0, at_start: bool | None = None):
+async def stream_paced(pub, sub, stream: str, video: np.ndarray, first_seq: int = 0, at_start: bool | None = None,
+                       key: str | None = None):  # fmt: skip
     """Send a stream never faster than the node processes it, on any machine: one chunk's frames (a stream's
-    first chunk is 1 frame, later ones 4), then wait for their outputs before sending the next."""
+    first chunk is 1 frame, later ones 4), then wait for their outputs before sending the next. `key`: the
+    stream's key, for a stream a control client claimed first."""
     at_start = first_seq == 0 if at_start is None else at_start
     out, i = [], 0
     while i < len(video):
         n = 1 if (at_start and i == 0) else 4
         group = video[i : i + n]
         for j, frame in enumerate(group):
-            await send_frame(pub, stream, first_seq + i + j, frame)
+            await send_frame(pub, stream, first_seq + i + j, frame, **({"key": key} if key else {}))
         out += await recv_frames(sub, len(group), timeout=60)
         i += n
     return out
@@ -116,21 +118,24 @@ async def test_overload_drops_counted_latency_bounded():
 
 async def test_control_changes_output_and_two_prompts_stay_isolated():
     video = make_video(9, seed=3)
-    async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16") as node:
+    async with running_node("--model-max-batch", "4", "--stream-max-sessions", "16",
+                            "--limits-sessions-per-connection", "16") as node:  # fmt: skip
         pub, sub = await node.publisher(), await node.subscriber()
         # Reference: stream A alone with prompt P1.
-        assert (await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7}))["id"] == 7
-        ref = [px for _, px in await stream_paced(pub, sub, "a", video)]
+        claimed = await node.control({"op": "set", "stream": "a", "prompt": "a red fox in the snow", "id": 7})
+        assert claimed["id"] == 7 and len(claimed["key"]) >= 16  # a `set` on a new stream claims it: here is its key
+        ref = [px for _, px in await stream_paced(pub, sub, "a", video, key=claimed["key"])]
 
         # C (prompt P1, same frames) runs interleaved with B (prompt P2, other frames): C must equal A.
+        keys = {}
         for stream, prompt in (("b", "an oil painting of a harbour"), ("c", "a red fox in the snow")):
-            assert (await node.control({"op": "set", "stream": stream, "prompt": prompt}))["ok"]
+            keys[stream] = (await node.control({"op": "set", "stream": stream, "prompt": prompt}))["key"]
         other = make_video(9, seed=11)
         got = []
         for lo, hi in ((0, 1), (1, 5), (5, 9)):  # chunk by chunk, both streams at once
             for i in range(lo, hi):
-                await send_frame(pub, "b", i, other[i])
-                await send_frame(pub, "c", i, video[i])
+                await send_frame(pub, "b", i, other[i], key=keys["b"])
+                await send_frame(pub, "c", i, video[i], key=keys["c"])
             got += await recv_frames(sub, 2 * (hi - lo), timeout=60)
         c_out = [px for h, px in got if h["stream"] == "c"]
         b_out = [px for h, px in got if h["stream"] == "b"]
@@ -143,7 +148,7 @@ async def test_control_changes_output_and_two_prompts_stay_isolated():
         async def rerun(stream: str, **changes) -> list[np.ndarray]:
             reply = await node.control({"op": "set", "stream": stream, **changes})
             assert reply["ok"], reply
-            return [px for _, px in await stream_paced(pub, sub, stream, video)]
+            return [px for _, px in await stream_paced(pub, sub, stream, video, key=reply["key"])]
 
         p2 = await rerun("d", prompt="an oil painting of a harbour")
         strength = await rerun("e", prompt="a red fox in the snow", strength=0.3)
@@ -155,8 +160,11 @@ async def test_control_changes_output_and_two_prompts_stay_isolated():
             assert d > 0.3, (name, d)
 
         # Live change mid-stream: a prompt change reaches the very next chunk.
-        h_ref = [px for _, px in await stream_paced(pub, sub, "h", video[:5])]
-        assert (await node.control({"op": "set", "stream": "h", "prompt": "an oil painting of a harbour"}))["ok"]
+        h_key = (await node.control({"op": "claim", "stream": "h"}))["key"]
+        h_ref = [px for _, px in await stream_paced(pub, sub, "h", video[:5], key=h_key)]
+        change = {"op": "set", "stream": "h", "prompt": "an oil painting of a harbour"}
+        assert "belongs to another client" in (await node.control(change))["error"]  # steering needs the key
+        assert (await node.control({**change, "key": h_key}))["ok"]
         after = [px for _, px in await stream_paced(pub, sub, "h", video[5:9], first_seq=5)]
         i_ref = [px for _, px in await stream_paced(pub, sub, "i", video)]  # unchanged prompt all along
         assert np.array_equal(h_ref[0], i_ref[0])
@@ -222,13 +230,14 @@ async def test_pause_passes_frames_through_and_resume_stylises_again():
     video = make_video(13)
     async with running_node() as node:
         pub, sub = await node.publisher(), await node.subscriber()
-        first = await stream_paced(pub, sub, "p", video[:5])
-        assert (await node.control({"op": "pause", "stream": "p"}))["ok"]
+        key = (await node.control({"op": "claim", "stream": "p"}))["key"]
+        first = await stream_paced(pub, sub, "p", video[:5], key=key)
+        assert (await node.control({"op": "pause", "stream": "p", "key": key}))["ok"]
         paused = await stream_paced(pub, sub, "p", video[5:9], first_seq=5)
         for (_, px), frame in zip(paused, video[5:9], strict=True):
             assert np.array_equal(px, frame)
-        assert (await node.control({"op": "resume", "stream": "p"}))["ok"]
-        assert (await node.control({"op": "reset", "stream": "p"}))["ok"]
+        assert (await node.control({"op": "resume", "stream": "p", "key": key}))["ok"]
+        assert (await node.control({"op": "reset", "stream": "p", "key": key}))["ok"]
         resumed = await stream_paced(pub, sub, "p", video[9:13], first_seq=9, at_start=True)  # after the reset
         assert [h["seq"] for h, _ in first + paused + resumed] == list(range(13))
         assert all(mean_diff(px, f) > 5 for (_, px), f in zip(resumed, video[9:13], strict=True))

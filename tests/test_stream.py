@@ -118,7 +118,7 @@ def test_loopback_detection():
         ({"op": "set", "stream": "a", "prompts": [{"text": "y", "weight": 0}]}, "must not all be zero"),
         ({"op": "set", "stream": "a", "prompts": [{"text": "y"}]}, "weight"),
         ({"op": "set", "stream": "a", "steps": list(range(1000, 0, -100))}, "more than the limit"),
-        ({"op": "set", "stream": "s" * 200, "seed": 1}, "stream id longer"),
+        ({"op": "set", "stream": "s" * 200, "seed": 1}, "stream id must be 1-128 characters"),
         ({"op": "set", "stream": ""}, "stream"),
         ({"op": 3}, "unknown op"),
         ({"stream": "a"}, "unknown op None"),
@@ -142,6 +142,32 @@ def test_control_valid_messages_and_unpack_limits():
     huge_claim = b"\xdf\xff\xff\xff\xff"  # a map claiming 4 billion entries in 5 bytes
     with pytest.raises(ProtocolError, match="malformed"):
         parse_control(huge_claim, LIMITS)
+
+
+def _vidfx_imports(path) -> set[str]:
+    """Every vidfx module a file imports, TYPE_CHECKING blocks included (a cycle there is still a cycle)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("vidfx"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("vidfx")}
+    return found
+
+
+def test_transports_and_stream_never_import_the_node():
+    """vidfx.node wires transports together; they (and the engine) must not import it back (issue 19)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vidfx"
+    files = [*root.joinpath("transport").glob("*.py"), *root.joinpath("webrtc").glob("*.py"),
+             *root.joinpath("stream").glob("*.py")]  # fmt: skip
+    assert len(files) > 8
+    offenders = {f.name: sorted(i) for f in files if (i := {m for m in _vidfx_imports(f) if m == "vidfx.node"})}
+    assert offenders == {}
+    assert "vidfx.transport.http" in _vidfx_imports(root / "node.py")  # the direction that is allowed
 
 
 def test_frame_header_checks():
@@ -321,12 +347,35 @@ async def test_control_handler_on_a_live_engine(pipe):
         params = engine.session("s1").params
         assert params.prompts == (("a red fox", 1.0),) and params.steps == (900, 400) and params.strength == 0.5
         h.handle({"op": "set", "stream": "s2", "seed": 1, "token": "t" * 16})
-        full = h.handle({"op": "set", "stream": "s3", "seed": 1, "token": "t" * 16})
+        full = h.handle({"op": "set", "stream": "s3", "seed": 1, "token": "t" * 16}, client="another")
         assert full["ok"] is False and "session slots" in full["error"]
         st = h.handle(msgpack.packb({"op": "status", "token": "t" * 16}))
         assert st["ok"] and sorted(st["sessions"]) == ["s1", "s2"] and st["sessions"]["s1"]["params"]["strength"] == 0.5
     finally:
         await engine.stop()
+
+
+async def test_configured_stream_keys_are_demanded_never_handed_out(pipe):
+    configured = "k" * 20
+    settings = Settings(_env_file=None, stream={"keys": [f"cam={configured}"], "max_sessions": 4})
+    settings.model.warmup_chunks = 0
+    engine = Engine(pipe, settings)
+    await engine.start()
+    try:
+        h = ControlHandler(engine, settings.limits)
+        for extra in ({}, {"key": "w" * 20}):
+            reply = h.handle({"op": "claim", "stream": "cam", **extra})
+            assert reply["ok"] is False and "configured key" in reply["error"] and configured not in str(reply)
+        assert engine.session("cam") is None
+        assert h.handle({"op": "claim", "stream": "cam", "key": configured})["key"] == configured
+        chosen = h.handle({"op": "claim", "stream": "other", "key": "c" * 16})
+        third = h.handle({"op": "claim", "stream": "third"}, client="b")  # (2 unfed claims per client)
+        assert chosen["key"] == "c" * 16 and len(third["key"]) >= 16
+        assert "at least 16" in h.handle({"op": "claim", "stream": "short", "key": "c"}, client="c")["error"]
+    finally:
+        await engine.stop()
+    with pytest.raises(ValueError, match="STREAM=KEY"):
+        Settings(_env_file=None, stream={"keys": ["cam=short"]})
 
 
 async def test_engine_overload_drops_oldest_and_accounts_for_every_frame(pipe):

@@ -13,10 +13,11 @@ import ipaddress
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vidfx.sampling import CAUSVID_STEPS, DEFAULT_SHIFT
@@ -83,6 +84,26 @@ class StreamSettings(_Section):
     motion_aware: bool = Field(False, description="more noise where the scene moves less (per chunk)")
     motion_range: float = Field(0.15, ge=0, le=1, description="motion-aware strength swing around strength")
     motion_ref: float = Field(0.06, gt=0, le=1, description="mean |Δpixel| (0..1) counted as full motion")
+    unclaimed_grace_s: float = Field(
+        5.0, gt=0, description="close a session no publisher feeds (opened by `claim`/`set`) after this long"
+    )
+    keys: list[str] = Field(
+        [],
+        description="configured stream keys, STREAM=KEY pairs (others are issued at claim); set them in the "
+        "environment or .env, not as flags: flags are readable in /proc/<pid>/cmdline",
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _key_pairs(cls, pairs: list[str]) -> list[str]:
+        for pair in pairs:
+            stream, sep, key = pair.partition("=")
+            if not sep or not stream or len(key) < 16:
+                raise ValueError("each stream key is STREAM=KEY with a key of at least 16 characters")
+        return pairs
+
+    def configured_keys(self) -> dict[str, str]:
+        return dict(pair.partition("=")[::2] for pair in self.keys)
 
 
 class ZmqSettings(_Section):
@@ -143,6 +164,19 @@ class LimitSettings(_Section):
     max_stream_id: int = Field(128, ge=1, description="longest stream id")
     control_rate: float = Field(50.0, gt=0, description="control messages per second per client")
     control_burst: int = Field(100, ge=1, description="control messages a client may send at once")
+    control_address_factor: float = Field(
+        4.0, ge=1, description="one peer address, all its connections together: this × a client's rate and burst"
+    )
+    control_transport_bytes: int = Field(
+        1 << 20, ge=1024, description="largest control message ZeroMQ receives (larger ones cost the connection)"
+    )
+    unclaimed_per_client: int = Field(
+        2, ge=0, description="streams one client (peer address) may hold claimed without frames"
+    )
+    sessions_per_connection: int = Field(4, ge=1, description="streams one ZeroMQ publisher connection may feed")
+    frames_per_connection: float = Field(
+        240.0, gt=0, description="frames per second one ZeroMQ publisher connection may send (bursts of 2 s)"
+    )
 
 
 class Settings(BaseSettings):
@@ -161,9 +195,29 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     token: SecretStr | None = Field(
-        None, description="shared secret required on control and data messages when bound beyond loopback"
+        None,
+        description="shared secret demanded by every transport once set (required beyond loopback); prefer "
+        "VIDFX_TOKEN or --token-file: a --token flag is readable by local users in /proc/<pid>/cmdline",
     )
+    token_file: Path | None = Field(None, description="read the token from this file (its first line)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        """`token_file` → `token` (one or the other), so the secret never has to be on a command line."""
+        if not isinstance(data, dict) or data.get("token_file") in (None, ""):
+            return data
+        if data.get("token") not in (None, ""):
+            raise ValueError("give token or token_file, not both")
+        path = Path(data["token_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"token_file {path}: {exc}") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"token_file {path} is empty")
+        return {**data, "token": lines[0].strip()}
 
 
 # -- command-line flags generated from the models ------------------------------------------------------------

@@ -22,11 +22,12 @@ import torch
 import zmq.asyncio
 from aiohttp import web
 
-from vidfx.config import Settings, is_loopback_address, resolve_threads
+from vidfx.config import Settings, resolve_threads
 from vidfx.loading import load_pipeline
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine
 from vidfx.stream.metrics import Metrics
+from vidfx.transport.auth import ConfigError, node_token
 from vidfx.transport.http import build_app
 from vidfx.transport.zeromq import ZmqControl, ZmqDataPlane, curve_public_key
 from vidfx.webrtc import ConfigError as WebRTCConfigError
@@ -35,26 +36,17 @@ from vidfx.webrtc import WebRTCGateway, add_webrtc_routes
 log = logging.getLogger("vidfx.node")
 
 
-class ConfigError(ValueError):
-    """Settings that would make the node unsafe or unusable."""
+__all__ = ["ConfigError", "Node", "required_token", "serve"]
 
 
 def required_token(settings: Settings) -> str | None:
-    """The token to demand, or None when every bound socket is loopback-only. Refuses to expose the node
-    beyond loopback without a token."""
-    z = settings.zmq
-    exposed = [a for a, bound in ((z.input, z.input_bind), (z.output, z.output_bind), (z.control, True))
-               if bound and not is_loopback_address(a)]  # fmt: skip
-    token = settings.token.get_secret_value() if settings.token else None
-    if exposed and not token:
-        raise ConfigError(f"{', '.join(exposed)} reach beyond loopback: set a token (--token or VIDFX_TOKEN)")
-    if token is not None and len(token) < 16:
-        raise ConfigError("the token must be at least 16 characters")
+    """The node token every transport demands (`vidfx.transport.auth.node_token`), after checking the CURVE key."""
+    token = node_token(settings)
     try:
         curve_public_key(settings)
     except (ValueError, zmq.ZMQError) as exc:
         raise ConfigError(f"zmq.curve_secret_key is not a Z85 CURVE secret key ({exc})") from None
-    return token if exposed else None
+    return token
 
 
 def emit_event(event: str, **fields: Any) -> None:

@@ -12,8 +12,15 @@ Control messages are msgpack maps, the same on a ZeroMQ ROUTER and (later) a Web
      "transition_s"?: float, "strength"?: float, "seed"?: int, "fixed_noise"?: bool, "steps"?: [int, …],
      "motion_aware"?: bool}
     {"op": "status", "stream"?: s}    {"op": "reset" | "pause" | "resume", "stream": s}
-Every control message may carry "id" (echoed in the reply) and "token" (required beyond loopback).
+    {"op": "claim", "stream": s}      (reserve a stream before its first frame; the reply carries its key)
+Every control message may carry "id" (echoed in the reply) and "token" (the node's, required once it has one);
+messages naming a stream may carry "key" (that stream's key, see docs/serving.md "Stream ownership"), and a
+frame header may carry "key" too (to claim, or take back, its stream).
 Replies are {"ok": true, "op": …, …} or {"ok": false, "error": "…"}.
+
+Strict: no field is coerced (a bool is not an int, 1.0 is not 1), a null is never a value (leave the field out),
+and a stream id follows the same rule on every transport (`STREAM_ID`: no spaces, control characters or escapes,
+so ids are safe in logs, URLs and metrics).
 
 Everything here validates untrusted bytes: msgpack is unpacked with explicit size limits, maps are checked
 by pydantic models that forbid unknown keys and coercion, and every failure is a `ProtocolError` whose
@@ -22,15 +29,25 @@ message is safe to send back to the client.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from vidfx.config import LimitSettings
 
 PROTOCOL_VERSION = 1
 FRAME_FORMATS = {"rgb24": 3}  # fmt → bytes per pixel
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # the one stream-id rule of every transport
+
+
+def check_stream_id(stream: str, limits: LimitSettings) -> str:
+    """`stream` if it is a valid stream id (1-`max_stream_id` characters of [A-Za-z0-9_.-], not starting with
+    a punctuation mark); else a ProtocolError whose message never echoes the id (it may hold escapes)."""
+    if len(stream) > limits.max_stream_id or not STREAM_ID.fullmatch(stream):
+        raise ProtocolError(f"stream id must be 1-{limits.max_stream_id} characters of [A-Za-z0-9_.-]")
+    return stream
 
 
 class ProtocolError(ValueError):
@@ -87,10 +104,19 @@ class AudioHeader(BaseModel):
     fmt: Literal["s16"]
 
 
+def _no_nulls(cls: type, data: Any) -> Any:
+    """A `before` validator: a null is not a value of any field (pydantic would take it for 'not given')."""
+    if isinstance(data, dict):
+        nulls = sorted(str(k) for k, v in data.items() if v is None)
+        if nulls:
+            raise ValueError(f"null is not a value ({', '.join(nulls)[:80]}): leave the field out instead")
+    return data
+
+
 class FrameHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    v: Literal[1]
+    v: int  # strict int, then checked: Literal[1] would take True and 1.0 (equal to 1 in Python)
     stream: str = Field(min_length=1)
     seq: int = Field(ge=0, lt=2**63)
     pts_us: int = Field(ge=-(2**62), lt=2**62)
@@ -99,6 +125,16 @@ class FrameHeader(BaseModel):
     fmt: Literal["rgb24"]
     token: str | None = None
     audio: AudioHeader | None = None  # a third message part carries PCM
+    key: str | None = None  # the stream's key: claims the stream, or takes it back from another connection
+
+    no_nulls = model_validator(mode="before")(_no_nulls)
+
+    @field_validator("v")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != PROTOCOL_VERSION:
+            raise ValueError(f"protocol version {v} is not supported (expected {PROTOCOL_VERSION})")
+        return v
 
     @property
     def payload_bytes(self) -> int:
@@ -111,8 +147,7 @@ def parse_frame(header: bytes, payload: bytes | memoryview, limits: LimitSetting
         h = FrameHeader.model_validate(unpack_map(header, limits.max_header_bytes))
     except ValidationError as exc:
         raise ProtocolError(f"bad frame header: {describe(exc)}") from None
-    if len(h.stream) > limits.max_stream_id:
-        raise ProtocolError(f"stream id longer than {limits.max_stream_id} characters")
+    check_stream_id(h.stream, limits)
     if h.w > limits.max_width or h.h > limits.max_height:
         raise ProtocolError(f"frame {h.w}x{h.h} exceeds the limit {limits.max_width}x{limits.max_height}")
     if len(payload) != h.payload_bytes:
@@ -152,9 +187,12 @@ class _Op(BaseModel):
     id: int | str | None = None
     token: str | None = None
 
+    no_nulls = model_validator(mode="before")(_no_nulls)
+
 
 class _StreamOp(_Op):
     stream: str = Field(min_length=1)
+    key: str | None = None  # the stream's key (or the node token in `token`) for ops on an owned stream
 
 
 class WeightedPrompt(BaseModel):
@@ -186,7 +224,7 @@ class SetOp(_StreamOp):
             or any(a <= b for a, b in zip(self.steps, self.steps[1:], strict=False))
         ):
             raise ValueError("steps must be strictly decreasing integers in (0, 1000]")
-        changes = self.model_fields_set - {"op", "stream", "id", "token"}
+        changes = self.model_fields_set - {"op", "stream", "id", "token", "key"}
         if not changes:
             raise ValueError("set changes nothing: give prompt, prompts, strength, seed, steps, … ")
         return self
@@ -216,8 +254,12 @@ class ResumeOp(_StreamOp):
     op: Literal["resume"]
 
 
-ControlMessage = Annotated[SetOp | StatusOp | ResetOp | PauseOp | ResumeOp, Field(discriminator="op")]
-OPS = ("set", "status", "reset", "pause", "resume")
+class ClaimOp(_StreamOp):
+    op: Literal["claim"]
+
+
+ControlMessage = Annotated[SetOp | StatusOp | ResetOp | PauseOp | ResumeOp | ClaimOp, Field(discriminator="op")]
+OPS = ("set", "status", "reset", "pause", "resume", "claim")
 _CONTROL = TypeAdapter(ControlMessage)
 
 
@@ -233,8 +275,8 @@ def parse_control(data: bytes | dict[str, Any], limits: LimitSettings) -> Contro
     except ValidationError as exc:
         raise ProtocolError(f"bad {op} message: {describe(exc)}") from None
     stream = getattr(msg, "stream", None)
-    if stream is not None and len(stream) > limits.max_stream_id:
-        raise ProtocolError(f"stream id longer than {limits.max_stream_id} characters")
+    if stream is not None:
+        check_stream_id(stream, limits)
     if isinstance(msg, SetOp):
         prompts = msg.weighted_prompts() or ()
         if len(prompts) > limits.max_prompts:

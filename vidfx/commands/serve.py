@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if getattr(args, "token", None) is not None:
+        logging.getLogger("vidfx").warning(
+            "--token is readable by every local user in /proc/<pid>/cmdline: prefer VIDFX_TOKEN or --token-file"
+        )
     try:
         return asyncio.run(serve(settings))
     except (ConfigError, CheckpointError, ZMQError, OSError, ValueError) as exc:  # bad model, address in use, …

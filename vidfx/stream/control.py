@@ -8,13 +8,13 @@ decoded) and the sender's identity, and returns the reply map. It never raises: 
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import OrderedDict
 from typing import Any
 
 from vidfx.config import LimitSettings
 from vidfx.protocol import (
+    ClaimOp,
     ControlMessage,
     PauseOp,
     ProtocolError,
@@ -28,6 +28,10 @@ from vidfx.protocol import (
     unpack_map,
 )
 from vidfx.stream.engine import Engine, SessionLimitError
+from vidfx.stream.session import Session
+from vidfx.transport.auth import check_token
+
+__all__ = ["ControlHandler", "RateLimiter", "check_token"]
 
 
 class RateLimiter:
@@ -52,29 +56,43 @@ class RateLimiter:
         return allowed
 
 
-def check_token(presented: object, expected: str | None) -> bool:
-    if expected is None:
-        return True
-    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected.encode())
-
-
 class ControlHandler:
+    """Validates, authorises and applies control messages; one per transport (its own rate-limit buckets).
+
+    Authorisation, after the node token (demanded on every message once the node has one):
+    - `status` reads; anyone who passed the node token may read.
+    - `claim`/`set` on a stream nobody has opened claims it: the reply carries the stream's key (configured,
+      the client's own `key`, or a fresh one). A client (peer address) may hold `unclaimed_per_client` such
+      streams with no publisher yet, and the engine frees each after `unclaimed_grace_s` if no publisher comes.
+    - Every other op on an open stream needs the stream's `key`, or the node token, or comes from the stream's
+      own WebRTC peer (`own_stream`).
+    Rate limits apply per client (its connection identity) and per peer address (all its connections
+    together, `control_address_factor` × the client budget), so fresh identities do not buy more messages.
+    """
+
     def __init__(self, engine: Engine, limits: LimitSettings, token: str | None = None) -> None:
-        """`token`: required on every message when set (the node sets it when bound beyond loopback)."""
+        """`token`: required on every message when set (the node sets it whenever one is configured)."""
         self.engine = engine
         self.limits = limits
         self.token = token
         self.rate = RateLimiter(limits.control_rate, limits.control_burst)
+        factor = limits.control_address_factor
+        self.address_rate = RateLimiter(limits.control_rate * factor, round(limits.control_burst * factor))
 
-    def handle(self, raw: bytes | dict[str, Any], client: str = "") -> dict[str, Any]:
+    def handle(
+        self, raw: bytes | dict[str, Any], client: str = "", address: str | None = None, own_stream: str | None = None
+    ) -> dict[str, Any]:
+        """`client`: the sender's connection identity; `address`: its peer address (None: same as `client`);
+        `own_stream`: the stream the sender feeds itself (a WebRTC peer's data channel), steerable without key."""
         metrics = self.engine.metrics
-        if not self.rate.allow(client):
+        address = client if address is None else address
+        if not self.rate.allow(client) or not self.address_rate.allow(address):
             metrics.control.labels("-", "rate_limited").inc()
             return reply_error("rate limited: too many control messages")
         request_id: int | str | None = None
         try:
             obj = unpack_map(raw, self.limits.max_control_bytes) if isinstance(raw, bytes | bytearray) else raw
-            request_id = obj.get("id") if isinstance(obj.get("id"), int | str) else None
+            request_id = obj.get("id") if type(obj.get("id")) in (int, str) else None
             if not check_token(obj.get("token"), self.token):
                 metrics.control.labels("-", "unauthorized").inc()
                 return reply_error("unauthorized: missing or wrong token", request_id)
@@ -83,14 +101,36 @@ class ControlHandler:
             metrics.control.labels("-", "invalid").inc()
             return reply_error(str(exc), request_id)
         try:
-            reply = self._apply(msg)
+            reply = self._apply(msg, address, own_stream)
+        except PermissionError as exc:
+            metrics.control.labels(msg.op, "forbidden").inc()
+            return reply_error(f"forbidden: {exc}", msg.id)
         except (ProtocolError, ValueError, SessionLimitError) as exc:
             metrics.control.labels(msg.op, "error").inc()
             return reply_error(str(exc), msg.id)
         metrics.control.labels(msg.op, "ok").inc()
         return reply
 
-    def _apply(self, msg: ControlMessage) -> dict[str, Any]:
+    def _claim(self, msg: SetOp | ClaimOp, address: str) -> Session:
+        """Open a stream nobody has opened, for a control client (no publisher yet), within its quota."""
+        if msg.key is not None and len(msg.key) < 16:
+            raise ProtocolError("a stream key must be at least 16 characters")
+        waiting = sum(
+            1 for s in self.engine.sessions.values() if s.opened_by == address and s.owner is None and not s.frames_in
+        )
+        if waiting >= self.limits.unclaimed_per_client:
+            raise SessionLimitError(
+                f"this client already holds {waiting} streams without a publisher "
+                f"(limit {self.limits.unclaimed_per_client}): send their frames first"
+            )
+        return self.engine.open_session(msg.stream, opened_by=address, key=msg.key)
+
+    def _authorise(self, session: Session, msg: ControlMessage, own_stream: str | None) -> None:
+        if session.id == own_stream or self.token is not None or session.key_matches(getattr(msg, "key", None)):
+            return
+        raise PermissionError(f"stream {session.id!r} belongs to another client: give its key")
+
+    def _apply(self, msg: ControlMessage, address: str, own_stream: str | None) -> dict[str, Any]:
         engine = self.engine
         if isinstance(msg, StatusOp):
             if msg.stream is None:
@@ -99,8 +139,18 @@ class ControlHandler:
             if session is None:
                 raise ProtocolError(f"no session for stream {msg.stream!r}")
             return reply_ok(msg, session=session.status())
+        session = engine.session(msg.stream)
+        claimed: dict[str, Any] = {}
+        if session is None and isinstance(msg, SetOp | ClaimOp):
+            session = self._claim(msg, address)
+            claimed["key"] = session.key
+        elif session is None:
+            raise ProtocolError(f"no session for stream {msg.stream!r}")
+        else:
+            self._authorise(session, msg, own_stream)
+        if isinstance(msg, ClaimOp):
+            return reply_ok(msg, stream=msg.stream, key=session.key)
         if isinstance(msg, SetOp):
-            session = engine.session(msg.stream) or engine.open_session(msg.stream)
             changes: dict[str, Any] = {}
             prompts = msg.weighted_prompts()
             if prompts is not None:
@@ -112,10 +162,7 @@ class ControlHandler:
             if msg.steps is not None:
                 changes["steps"] = tuple(msg.steps)
             params = session.update(**changes)
-            return reply_ok(msg, stream=msg.stream, applied=sorted(changes), strength=params.strength)
-        session = engine.session(msg.stream)
-        if session is None:
-            raise ProtocolError(f"no session for stream {msg.stream!r}")
+            return reply_ok(msg, stream=msg.stream, applied=sorted(changes), strength=params.strength, **claimed)
         if isinstance(msg, ResetOp):
             session.reset()
         elif isinstance(msg, PauseOp):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from vidfx.config import Settings
 from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
 from vidfx.stream.metrics import Metrics
 from vidfx.stream.session import InputFrame, OutputFrame, Session, Sink
+from vidfx.transport.auth import check_token
 
 log = logging.getLogger("vidfx.engine")
 
@@ -71,6 +73,7 @@ class Engine:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.transport_status: dict[str, Any] = {}  # what transports report in `status` (e.g. subscribers)
+        self._keys = settings.stream.configured_keys()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -100,12 +103,28 @@ class Engine:
         self._text.shutdown(wait=True, cancel_futures=True)
 
     # -- sessions --------------------------------------------------------------------------------------------
-    def open_session(self, stream_id: str, sink: Sink | None = None, params: StreamParams | None = None) -> Session:
+    def open_session(
+        self,
+        stream_id: str,
+        sink: Sink | None = None,
+        params: StreamParams | None = None,
+        owner: str | None = None,
+        opened_by: str = "",
+        key: str | None = None,
+    ) -> Session:
+        """Open `stream_id`, owned by `owner` (the publisher feeding it; None: claimed, not fed yet). Its key is the
+        configured one (which `key` must then be: PermissionError otherwise), else `key` (chosen by the claimer),
+        else a fresh random one."""
         if stream_id in self.sessions:
             raise ValueError(f"session {stream_id!r} is already open")
         if len(self.sessions) >= self.settings.stream.max_sessions:
             raise SessionLimitError(f"all {self.settings.stream.max_sessions} session slots are in use")
-        session = Session(stream_id, self, params or default_params(self.settings), sink)
+        configured = self._keys.get(stream_id)
+        if configured is not None and not check_token(key, configured):  # never handed to whoever comes first
+            raise PermissionError(f"stream {stream_id!r} has a configured key: give it")
+        stream_key = configured or key or secrets.token_urlsafe(18)
+        params = params or default_params(self.settings)
+        session = Session(stream_id, self, params, sink, key=stream_key, owner=owner, opened_by=opened_by)
         self.sessions[stream_id] = session
         self.metrics.sessions.set(len(self.sessions))
         log.info("session %s opened", stream_id)
@@ -284,11 +303,18 @@ class Engine:
             return [exc] * len(jobs)
 
     async def _reap(self) -> None:
-        idle = self.settings.stream.idle_timeout_s
+        """Close sessions idle for `idle_timeout_s`, and sessions nobody feeds (claimed by a control client, no
+        publisher) `unclaimed_grace_s` after they opened: steering them does not keep a slot."""
+        idle, grace = self.settings.stream.idle_timeout_s, self.settings.stream.unclaimed_grace_s
         while True:
-            await asyncio.sleep(min(1.0, idle / 4))
+            await asyncio.sleep(min(1.0, idle / 4, grace / 4))
             now = time.monotonic()
             for sid, s in list(self.sessions.items()):
-                if not s.in_flight and now - s.last_activity > idle:
+                if s.in_flight:
+                    continue
+                if s.owner is None and s.frames_in == 0 and now - s.opened > grace:
+                    log.info("session %s closed: no publisher within %.1f s", sid, grace)
+                    self.close_session(sid)
+                elif now - s.last_activity > idle:
                     log.info("session %s idle for %.1f s", sid, now - s.last_activity)
                     self.close_session(sid)

@@ -20,6 +20,8 @@ DROP_REASONS = (
     "output_overflow",  # a slow consumer's output queue was full
     "closed",  # pending frames of a session closed by idle timeout or shutdown
     "error",  # a chunk failed in the model
+    "foreign",  # frames for a stream owned by another publisher, without its key
+    "quota",  # a publisher connection over its frame rate or stream count
 )
 
 # Latency buckets from 5 ms to 10 s: a chunk on 2 CPU cores takes tens to hundreds of ms.

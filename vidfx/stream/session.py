@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vidfx.pipeline import StreamParams, StreamState
+from vidfx.transport.auth import check_token
 
 if TYPE_CHECKING:
     from vidfx.stream.engine import Engine
@@ -68,11 +69,27 @@ Sink = Callable[[OutputFrame], None]
 
 
 class Session:
-    def __init__(self, stream_id: str, engine: Engine, params: StreamParams, sink: Sink | None = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        engine: Engine,
+        params: StreamParams,
+        sink: Sink | None = None,
+        key: str = "",
+        owner: str | None = None,
+        opened_by: str = "",
+    ) -> None:
         self.id = stream_id
         self.engine = engine
         self.params = params
         self.sink = sink
+        # Ownership (docs/serving.md, "Stream ownership"): the publisher feeding the stream ("zmq:<connection>",
+        # "webrtc:<peer>"; None while claimed by a control client and not yet fed), the stream's key (issued or
+        # configured; never shown in status) and the client that opened it (per-client quotas).
+        self.key = key
+        self.owner = owner
+        self.opened_by = opened_by
+        self.refused = 0  # frames from publishers other than the owner, refused
         self.taps: list[Sink] = []  # more observers of the output (WHEP viewers), called before the sink
         self.pending: deque[InputFrame] = deque()
         self.output: asyncio.Queue[OutputFrame | None] = asyncio.Queue(engine.settings.stream.output_queue)
@@ -195,6 +212,15 @@ class Session:
             self.output.get_nowait()
         self.output.put_nowait(None)
 
+    def key_matches(self, presented: object) -> bool:
+        """`presented` is this stream's key (constant-time)."""
+        return bool(self.key) and check_token(presented, self.key)
+
+    def refuse(self) -> None:
+        """A frame from a publisher that does not own the stream: counted, never queued."""
+        self.refused += 1
+        self.engine.metrics.drop("foreign")
+
     # -- bookkeeping -----------------------------------------------------------------------------------------
     def _drop(self, reason: str, n: int = 1) -> None:
         if n > 0:
@@ -211,6 +237,8 @@ class Session:
             "frames_out": self.frames_out,
             "chunks": self.chunks,
             "dropped": dict(self.dropped),
+            "refused": self.refused,
+            "fed": self.owner is not None,
             "pending": len(self.pending),
             "paused": self.paused,
             "idle_s": round(time.monotonic() - self.last_activity, 3),

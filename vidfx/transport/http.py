@@ -2,18 +2,36 @@
 
 Other HTTP transports (WHIP/WHEP signalling, the web page) add their routes to the same `web.Application`
 (`node.app`); they find the engine, once loaded, as `request.app[NODE_KEY].engine`.
+
+Unauthenticated on purpose: /healthz, /readyz and /metrics (probes and Prometheus scrapers carry no token; they
+reveal counts, latencies and the model's name, never stream ids, prompts or keys).
+
+This module knows the node only through `NodeState` (what the routes read), so it does not import
+`vidfx.node`, which imports it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from vidfx.node import Node
+    from vidfx.stream.engine import Engine
+    from vidfx.stream.metrics import Metrics
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+
+class NodeState(Protocol):
+    """What the HTTP routes read of the node (`vidfx.node.Node` is one)."""
+
+    @property
+    def engine(self) -> Engine | None: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+NODE_KEY: web.AppKey[NodeState] = web.AppKey("node")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,7 +52,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def build_app(node: Node) -> web.Application:
+def build_app(node: NodeState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[NODE_KEY] = node
     app.router.add_get("/healthz", healthz)

@@ -14,7 +14,6 @@ on the engine's worker.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
@@ -32,11 +31,12 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import SessionDescription
 from prometheus_client import Counter, Gauge
 
-from vidfx.config import Settings, WebRTCSettings, is_loopback_address
-from vidfx.protocol import ProtocolError, pack, reply_error, unpack_map
+from vidfx.config import Settings, WebRTCSettings
+from vidfx.protocol import ProtocolError, check_stream_id, pack, reply_error, unpack_map
 from vidfx.stream.control import ControlHandler
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
+from vidfx.transport import auth
 from vidfx.webrtc.aiortc_adjust import adjust_aiortc
 from vidfx.webrtc.media import AudioIngest, AudioOutputTrack, IngestPump, OutputTrack, StreamOutput
 
@@ -49,7 +49,6 @@ CloseKind = Literal[
     "hangup", "delete", "connect_timeout", "media_timeout", "session_closed", "stream_ended", "connection",
     "signalling", "shutdown",
 ]  # fmt: skip
-STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _STREAM_OPS = ("set", "reset", "pause", "resume", "status")
 FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){15,63}")  # RFC 8122: 16-64 hex bytes
 # The video directions each signalling path accepts: WHIP publishers send, WHEP viewers receive, the page does
@@ -67,20 +66,11 @@ class SignallingError(Exception):
         self.status = status
 
 
-class ConfigError(ValueError):
+class ConfigError(auth.ConfigError):
     """WebRTC settings that would make the node unsafe or unusable."""
 
 
 # -- settings helpers -----------------------------------------------------------------------------------------------
-
-
-def http_token(settings: Settings) -> str | None:
-    """The bearer token HTTP signalling demands, or None on a loopback-only node without one configured.
-    Refuses an HTTP server reachable beyond loopback without a token (the page, WHIP and WHEP take media)."""
-    token = settings.token.get_secret_value() if settings.token else None
-    if not is_loopback_address(settings.http.host) and not token:
-        raise ConfigError(f"HTTP on {settings.http.host} reaches beyond loopback: set a token (--token or VIDFX_TOKEN)")
-    return token
 
 
 def ice_servers(settings: WebRTCSettings) -> list[RTCIceServer]:
@@ -132,15 +122,6 @@ def enable_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
-def check_bearer(header: str | None, token: str | None) -> bool:
-    if token is None:
-        return True
-    scheme, _, credentials = (header or "").strip().partition(" ")
-    if scheme.lower() != "bearer":  # RFC 7235 §2.1: the auth scheme is case-insensitive
-        return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
-
-
 # -- peers ------------------------------------------------------------------------------------------------------------
 
 
@@ -189,7 +170,7 @@ class WebRTCGateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.webrtc
-        self.token = http_token(settings)
+        self.token = auth.node_token(settings)  # the same rule as every other transport
         self.ice = ice_servers(self.cfg)
         if self.cfg.loopback_candidates:
             enable_loopback_candidates()
@@ -315,11 +296,10 @@ class WebRTCGateway:
     def stream_name(self, requested: str | None, via: Via, peer_id: str) -> str:
         if requested is None:
             return f"{via}-{peer_id[:8]}"
-        if len(requested) > self.settings.limits.max_stream_id or not STREAM_ID.fullmatch(requested):
-            raise SignallingError(
-                400, f"stream id must be 1-{self.settings.limits.max_stream_id} characters of [A-Za-z0-9_.-]"
-            )
-        return requested
+        try:
+            return check_stream_id(requested, self.settings.limits)
+        except ProtocolError as exc:
+            raise SignallingError(400, str(exc)) from None
 
     async def _answer(
         self, peer: Peer, offer: RTCSessionDescription, before_answer: Callable[[], None] | None = None
@@ -336,8 +316,10 @@ class WebRTCGateway:
             before_answer()
         await pc.setLocalDescription(await pc.createAnswer())  # aiortc gathers every candidate here
 
-    async def publish(self, offer_sdp: str, via: Via, stream: str | None = None) -> Peer:
-        """A client sends video (and, from the page, receives the stylised video back on the same transceiver)."""
+    async def publish(self, offer_sdp: str, via: Via, stream: str | None = None, key: str | None = None) -> Peer:
+        """A client sends video (and, from the page, receives the stylised video back on the same transceiver).
+        The peer owns its stream (docs/serving.md, "Stream ownership"): a stream a control client claimed is
+        adopted only with its `key`; one another publisher feeds is refused."""
         engine = self._ready_engine()
         offer, direction = self._check_offer(offer_sdp, via)
         if self.count("publisher") >= self.cfg.max_peers:
@@ -347,19 +329,25 @@ class WebRTCGateway:
         if any(p.role == "publisher" and p.stream == name for p in self.peers.values()):
             raise SignallingError(409, f"stream {name!r} already has a WebRTC publisher")
         existing = engine.session(name)
-        if existing is not None and existing.sink is not None:
+        if existing is not None and (existing.sink is not None or existing.owner is not None):
             raise SignallingError(409, f"stream {name!r} is already fed by another source")
+        if existing is not None and not existing.key_matches(key):
+            raise SignallingError(403, f"stream {name!r} is claimed: give its key")
+        owner = f"webrtc:{peer_id}"
         peer = Peer(peer_id, "publisher", via, name, self._new_pc())
         self.peers[peer_id] = peer
         self._update_gauge()
         try:
-            if existing is not None:  # opened by a control `set` before any frame: adopt it
+            if existing is not None:  # claimed by a control client before any frame: adopt it (key checked)
                 peer.session = existing
+                existing.owner = owner
             else:
                 try:
-                    peer.session = engine.open_session(name)
+                    peer.session = engine.open_session(name, owner=owner, key=key)
                 except SessionLimitError as exc:
                     raise SignallingError(503, str(exc)) from None
+                except PermissionError as exc:
+                    raise SignallingError(403, str(exc)) from None
                 peer.owns_session = True
             output = self._output_for(peer.session, feed=True)
             peer.session.sink = output.push
@@ -506,7 +494,7 @@ class WebRTCGateway:
             else:
                 if obj.get("op") in _STREAM_OPS and "stream" not in obj:
                     obj["stream"] = peer.stream
-                reply = self.control.handle(obj, client=f"webrtc-{peer.id}")
+                reply = self.control.handle(obj, client=f"webrtc-{peer.id}", own_stream=peer.stream)
         if channel.readyState == "open":
             channel.send(pack(reply))
 
@@ -630,6 +618,7 @@ class WebRTCGateway:
                 self.engine.close_session(peer.stream)
             elif peer.session.sink is not None:
                 peer.session.sink = None
+                peer.session.owner = None  # free to be claimed again (with its key) until it idles out
             out = self.outputs.pop(peer.stream, None)
             if out is not None:
                 self._detach(out)  # ends the stream's tracks: its viewers' watchdogs close them next

@@ -3,9 +3,11 @@
     GET  /                          the page (vidfx/web/), and its assets under /static/
     GET  /watch/{stream}            a full-window WHEP viewer of one stream (e.g. an OBS Browser Source)
     GET  /config.json               looks, defaults and whether a token is needed (ICE servers once authorised)
-    POST /offer                     {"sdp", "type": "offer", "stream"?} → {"sdp", "type": "answer", "peer", "stream"}
+    POST /offer                     {"sdp", "type": "offer", "stream"?, "key"?}
+                                    → {"sdp", "type": "answer", "peer", "stream", "key"}
     DELETE /offer/{peer}            hang up
-    POST /whip[/{stream}]           RFC 9725: application/sdp offer → 201 + Location + answer (ICE gathered)
+    POST /whip[/{stream}][?key=K]   RFC 9725: application/sdp offer → 201 + Location + answer (ICE gathered),
+                                    and the stream's key in X-Vidfx-Stream-Key
     DELETE /whip/{stream}/{peer}    end the WHIP session
     POST /whep/{stream}             a viewer's offer → 201 + Location + answer (the stylised stream)
     DELETE /whep/{stream}/{peer}    end the viewer
@@ -25,7 +27,8 @@ from aiohttp import web
 
 from vidfx.config import Settings
 from vidfx.stream.engine import Engine
-from vidfx.webrtc.gateway import Peer, SignallingError, WebRTCGateway, check_bearer, link_headers
+from vidfx.transport.auth import check_bearer
+from vidfx.webrtc.gateway import Peer, SignallingError, WebRTCGateway, link_headers
 
 GATEWAY_KEY: web.AppKey[WebRTCGateway] = web.AppKey("webrtc")
 DEFAULT_LOOKS = ("pencil sketch", "pixel art", "thermal camera", "neon edges", "watercolor", "vintage sepia")
@@ -90,17 +93,25 @@ async def config(request: web.Request) -> web.Response:
     s = gw.settings
     engine = gw.engine
     looks = list(getattr(engine.pipeline, "looks", None) or DEFAULT_LOOKS) if engine else list(DEFAULT_LOOKS)
+    authorised = _authorised(request)
+    # Without the token: what the page needs to draw itself and ask for the token (the model's looks and limits);
+    # the operator's default prompt and the ICE (TURN) servers only to callers with the token. With no token
+    # configured (loopback only) every caller is authorised.
     body: dict[str, Any] = {
         "auth_required": gw.token is not None,
-        "authorised": _authorised(request),
+        "authorised": authorised,
         "ready": bool(engine and engine.ready),
         "model": engine.pipeline.name if engine else None,
         "looks": looks,
-        "defaults": {"prompt": s.stream.prompt, "strength": s.model.strength, "steps": list(s.model.steps)},
+        "defaults": {
+            "prompt": s.stream.prompt if authorised else None,
+            "strength": s.model.strength,
+            "steps": list(s.model.steps),
+        },
         "limits": {"max_steps": s.limits.max_steps, "max_prompt_chars": s.limits.max_prompt_chars},
         "stats_interval_s": s.webrtc.stats_interval_s,
     }
-    if body["authorised"]:
+    if authorised:
         body["ice_servers"] = [
             {"urls": i.urls, **({"username": i.username, "credential": i.credential} if i.username else {})}
             for i in gw.ice
@@ -116,20 +127,25 @@ async def offer(request: web.Request) -> web.Response:
         return _unauthorized()
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # deep nesting: a client error, not a 500
         return _error(400, 'expected a JSON body {"sdp": "...", "type": "offer"}')
     if not isinstance(data, dict) or not isinstance(data.get("sdp"), str) or data.get("type") != "offer":
         return _error(400, 'expected a JSON body {"sdp": "...", "type": "offer"}')
-    stream = data.get("stream")
+    stream, key = data.get("stream"), data.get("key")
     if stream is not None and not isinstance(stream, str):
         return _error(400, "stream must be a string")
+    if key is not None and not isinstance(key, str):
+        return _error(400, "key must be a string")
     gw = request.app[GATEWAY_KEY]
     try:
-        peer = await gw.publish(data["sdp"], "offer", stream)
+        peer = await gw.publish(data["sdp"], "offer", stream, key)
     except SignallingError as exc:
         return _error(exc.status, str(exc))
     local = peer.pc.localDescription
-    return web.json_response({"sdp": local.sdp, "type": local.type, "peer": peer.id, "stream": peer.stream})
+    body = {"sdp": local.sdp, "type": local.type, "peer": peer.id, "stream": peer.stream}
+    if peer.session is not None:
+        body["key"] = peer.session.key  # steers the stream from elsewhere (ZeroMQ control)
+    return web.json_response(body)
 
 
 async def offer_delete(request: web.Request) -> web.Response:
@@ -174,10 +190,13 @@ async def whip_post(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     try:
         sdp = await _sdp_body(request)
-        peer = await gw.publish(sdp, "whip", request.match_info.get("stream"))
+        peer = await gw.publish(sdp, "whip", request.match_info.get("stream"), request.query.get("key"))
     except SignallingError as exc:
         return _error(exc.status, str(exc))
-    return _created(request, peer, "whip")
+    resp = _created(request, peer, "whip")
+    if peer.session is not None:
+        resp.headers["X-Vidfx-Stream-Key"] = peer.session.key
+    return resp
 
 
 async def whep_post(request: web.Request) -> web.Response:
