@@ -282,9 +282,10 @@ async def test_serve_release_with_causvid_checkpoint_over_zeromq(release):
         video = make_video(9, 64, 64)
         outs = {}
         for stream, prompt in (("a", "a cat on the sofa"), ("b", "neon city"), ("c", "a cat on the sofa")):
-            assert (await node.control({"op": "set", "stream": stream, "prompt": prompt, "strength": 0.9}))["ok"]
+            claimed = await node.control({"op": "set", "stream": stream, "prompt": prompt, "strength": 0.9})
+            assert claimed["ok"]  # a `set` on a new stream claims it; its frames carry the key it returns
             for i, frame in enumerate(video):
-                await send_frame(pub, stream, i, frame)
+                await send_frame(pub, stream, i, frame, key=claimed["key"])
             got = await recv_frames(sub, 9, timeout=120)
             assert [h["seq"] for h, _ in got] == list(range(9))
             outs[stream] = np.stack([px for _, px in got]).astype(np.int16)

@@ -37,10 +37,11 @@ async def test_audio_part_comes_back_with_its_frame() -> None:
     video = make_video(17)
     async with running_node("--limits-max-audio-bytes", "8000") as node:
         pub, sub = await node.publisher(), await node.subscriber()
+        key = (await node.control({"op": "claim", "stream": "cam"}))["key"]  # steering a stream needs its key
         out: list[list[bytes]] = []
         for i, frame in enumerate(video[:13]):
             stereo = 2 if i % 3 == 2 else 1
-            await send(pub, i, frame, None if i == 5 else pcm_for(i, stereo), channels=stereo)  # frame 5: video only
+            await send(pub, i, frame, None if i == 5 else pcm_for(i, stereo), channels=stereo, key=key)  # 5: no audio
             if i in (2, 7):  # malformed audio, on another stream, between good frames
                 bad = make_video(1, 8, 8)[0]
                 await pub.send_multipart([msgpack.packb({"v": 1, "stream": "x", "seq": 0, "pts_us": 0, "w": 8,
@@ -55,9 +56,9 @@ async def test_audio_part_comes_back_with_its_frame() -> None:
             if i in (0, 4, 8, 12):
                 out += await receive(sub, 1 if i == 0 else 4)
         # Paused: frames pass through, their audio with them.
-        assert (await node.control({"op": "pause", "stream": "cam"}))["ok"]
+        assert (await node.control({"op": "pause", "stream": "cam", "key": key}))["ok"]
         for i, frame in enumerate(video[13:], start=13):
-            await send(pub, i, frame, pcm_for(i))
+            await send(pub, i, frame, pcm_for(i), key=key)
         out += await receive(sub, 4)
         assert [msgpack.unpackb(p[0])["seq"] for p in out] == list(range(17))
         for seq, parts in enumerate(out):

@@ -382,8 +382,9 @@ async def measure_av_sync(node: Node, stream: str, seconds: float = 8.0, video_c
         codecs = RTCRtpSender.getCapabilities("video").codecs
         video.setCodecPreferences([c for c in codecs if c.mimeType == video_codec])
     pc.addTransceiver(src.audio, direction="sendonly")
-    status, _, answer = await whip_exchange(node.url, f"/whip/{stream}", pc)
+    status, headers, answer = await whip_exchange(node.url, f"/whip/{stream}", pc)
     assert status == 201, answer
+    key = headers["X-Vidfx-Stream-Key"]  # the publisher's stream key: what steering its stream takes
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     viewer = await whep_view(node.url, stream, audio=True)
     assert viewer.status == 201, viewer.body
@@ -408,9 +409,9 @@ async def measure_av_sync(node: Node, stream: str, seconds: float = 8.0, video_c
 
     try:
         await wait_frames(rx, 5, timeout=30)
-        assert (await node.control({"op": "pause", "stream": stream}))["ok"]
+        assert (await node.control({"op": "pause", "stream": stream, "key": key}))["ok"]
         paused, paused_delay = await offsets_over(3.5, 4.0)  # the delay follows the video down within ~3 s
-        assert (await node.control({"op": "resume", "stream": stream}))["ok"]
+        assert (await node.control({"op": "resume", "stream": stream, "key": key}))["ok"]
         model, model_delay = await offsets_over(2.5, seconds)
         return AvSync(paused, model, {"paused": paused_delay, "model": model_delay}, len(rx), len(arx))
     finally:

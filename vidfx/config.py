@@ -208,8 +208,6 @@ class Settings(BaseSettings):
         """`token_file` → `token` (one or the other), so the secret never has to be on a command line."""
         if not isinstance(data, dict) or data.get("token_file") in (None, ""):
             return data
-        if data.get("token") not in (None, ""):
-            raise ValueError("give token or token_file, not both")
         path = Path(data["token_file"])
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -217,7 +215,15 @@ class Settings(BaseSettings):
             raise ValueError(f"token_file {path}: {exc}") from None
         if not lines or not lines[0].strip():
             raise ValueError(f"token_file {path} is empty")
-        return {**data, "token": lines[0].strip()}
+        token = lines[0].strip()
+        given = data.get("token")
+        if isinstance(given, SecretStr):
+            given = given.get_secret_value()
+        # validate_assignment re-runs this validator on every assignment with the token already read: only a
+        # different token is a conflict.
+        if given not in (None, "", token):
+            raise ValueError("give token or token_file, not both")
+        return {**data, "token": token}
 
 
 # -- command-line flags generated from the models ------------------------------------------------------------
