@@ -8,17 +8,26 @@ parts are skipped without CUDA.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from vidfx.accel import accelerate_dit, apply_acceleration
+from vidfx.benchmarking.gpu import HEADING
 from vidfx.config import AccelSettings, ModelSettings, Settings, add_settings_flags, settings_from_args
 from vidfx.generation import denoise_chunk
 from vidfx.model import CausalDiT, DiTConfig, KVCache
 from vidfx.pipeline import StreamParams, load_pipeline
 from vidfx.sampling import step_sigmas
 
+REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA-only switch: no CUDA device here")
 
@@ -219,3 +228,47 @@ def test_accel_settings_from_env_and_flags(monkeypatch) -> None:
     settings = settings_from_args(parser.parse_args(["--accel-compile", "--env-file", "/nonexistent"]))
     assert settings.accel.compile and settings.accel.sdpa_backend == "math"
     assert Settings(_env_file=None).accel == AccelSettings(sdpa_backend="math")  # type: ignore[call-arg]
+
+
+# -- vidfx bench gpu ---------------------------------------------------------------------------------------------
+
+BENCH_SMOKE = ["--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--sizes", "32x32", "--chunk-latents", "1",
+               "--window", "2", "--sink", "1", "--chunks", "2", "--warmup", "1"]  # fmt: skip
+
+
+def _bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "vidfx.cli", "bench", "gpu", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_bench_gpu_smoke_on_cpu_end_to_end(tmp_path) -> None:
+    """The CPU smoke mode runs the benchmark's whole path (build, warm-up, timed chunks, stages, stream-batch
+    bound, report, plot) and writes its section only where told; CUDA-only rows say they were skipped."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
+    rows = ["sdpa-flash", "sessions-2", "tae-decoder", "cuda-graphs"]
+    done = _bench(*BENCH_SMOKE, "--rows", *rows, "--results", str(results), "--json", str(tmp_path / "raw.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = results.read_text()
+    assert "## Other\n\nkept" in text and HEADING in text and "smoke run, not GPU figures" in text
+    table = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| 32×32 |")}
+    assert list(table) == ["eager", *rows]  # the baseline first, in the same run
+    assert "| 1.00 |" in table["eager"]
+    assert "skipped: needs CUDA" in table["cuda-graphs"]
+    raw = {m["row"]: m for m in json.loads((tmp_path / "raw.json").read_text())}
+    for row in ("eager", "sdpa-flash", "sessions-2"):
+        m = raw[row]
+        assert m["fps"] > 0 and m["first_chunk_ms"] > 0 and not m["skipped"]
+        assert {"encode", "dit 1", "dit 2", "cache write", "decode"} <= set(m["stages_ms"])
+    tae_present = importlib.util.find_spec("vidfx.autoencoder.tae") is not None
+    assert bool(raw["tae-decoder"]["skipped"]) != tae_present  # runs where the tiny decoder exists
+    assert "Stream batch bound at 32×32" in text
+    assert (tmp_path / "gpu.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal without CUDA")
+def test_bench_gpu_refuses_without_cuda(tmp_path) -> None:
+    done = _bench("--results", str(tmp_path / "R.md"), timeout=120)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr
+    assert not (tmp_path / "R.md").exists()
