@@ -57,8 +57,9 @@ def accelerate_dit(dit: CausalDiT, accel: AccelSettings) -> CausalDiT:
         dit.keep_fp32_islands()
     dit.sdpa_backends = None if accel.sdpa_backend == "auto" else [SDPA_BACKENDS[accel.sdpa_backend]]
     if accel.compile or accel.cuda_graphs:
-        limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
-        torch._dynamo.config.recompile_limit = limit
+        for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), COMPILE_RECOMPILE_LIMIT))
         mode = "reduce-overhead" if accel.cuda_graphs else None
         for block in dit.blocks:
             # In place (nn.Module.compile): parameter names, state dicts and hooks stay those of the block.
@@ -72,8 +73,3 @@ def apply_acceleration(pipe: StylePipeline, accel: AccelSettings) -> StylePipeli
     accelerate_dit(pipe.dit, accel)
     pipe.pinned_transfer = accel.pinned_transfer and pipe.device.type == "cuda"
     return pipe
-
-
-def is_accelerated(dit: CausalDiT) -> bool:
-    """Whether any block of `dit` is compiled (for status reports and the benchmark's rows)."""
-    return any(getattr(block, "_compiled_call_impl", None) is not None for block in dit.blocks)

@@ -344,13 +344,13 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
     bounds: dict[tuple[int, int], tuple[float, float]] = {}
     encoder_ae = build_decoder_model("wan", small, device, dtype)
     decoders: dict[str, VideoAutoencoder | str] = {}
-    for name in {ROWS[r].decoder for r in args.rows}:
+    for name in {ROWS[r].decoder for r in [*args.rows, *args.other_size_rows]}:
         try:
             decoders[name] = encoder_ae if name == "wan" else build_decoder_model(name, small, device, dtype)
         except ModuleNotFoundError as exc:
             decoders[name] = f"not in this checkout ({exc.name})"
-    for size in args.sizes:
-        for name in args.rows:
+    for k, size in enumerate(args.sizes):
+        for name in args.rows if k == 0 or not args.other_size_rows else args.other_size_rows:
             row = ROWS[name]
             m = Measured(row=name, size=size)
             decoder = decoders[row.decoder]
@@ -372,6 +372,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
                     m.skipped = f"failed: {str(exc).splitlines()[0][:120]}"
             results.append(m)
             print(f"{size} {name}: {m}", file=sys.stderr)
+            if args.json:  # after every row: a run cut short still leaves what it measured
+                args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
             if name == "eager":
                 bounds[size] = stream_batch_bound(dit, args, size, encoder_ae.spatial_factor)
             del dit
@@ -454,12 +456,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    unknown = [r for r in args.rows if r not in ROWS]
+    unknown = [r for r in [*args.rows, *args.other_size_rows] if r not in ROWS]
     if unknown:
         print(f"vidfx bench gpu: unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
         return 2
-    if "eager" not in args.rows:
-        args.rows = ["eager", *args.rows]  # the baseline every ratio is taken against, always in the same run
+    # The baseline every ratio is taken against, always measured in the same run.
+    args.rows = list(dict.fromkeys(["eager", *args.rows]))
+    if args.other_size_rows:
+        args.other_size_rows = list(dict.fromkeys(["eager", *args.other_size_rows]))
     torch.set_float32_matmul_precision("high")
     results, bounds = measure(args)
     text = report(results, bounds, args)
@@ -484,6 +488,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--sizes", type=_parse_size, nargs="+", default=[(480, 832), (320, 576)], metavar="HxW")
     p.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, from {list(ROWS)}")
+    p.add_argument(
+        "--other-size-rows", nargs="+", default=[], help="rows at the sizes after the first (default: --rows)"
+    )
     p.add_argument("--chunk-latents", type=int, default=3, help="latent frames a chunk (3: 12 video frames)")
     p.add_argument("--window", type=int, default=8, help="rolling cache window, latent frames")
     p.add_argument("--sink", type=int, default=1, help="sink latent frames")
