@@ -260,7 +260,7 @@ def test_bench_gpu_smoke_on_cpu_end_to_end(tmp_path) -> None:
     for row in ("eager", "sdpa-flash", "sessions-2"):
         m = raw[row]
         assert m["fps"] > 0 and m["first_chunk_ms"] > 0 and not m["skipped"]
-        assert {"encode", "dit 1", "dit 2", "cache write", "decode"} <= set(m["stages_ms"])
+        assert {"upload", "encode", "dit 1", "dit 2", "cache write", "decode", "download"} <= set(m["stages_ms"])
     tae_present = importlib.util.find_spec("vidfx.autoencoder.tae") is not None
     assert bool(raw["tae-decoder"]["skipped"]) != tae_present  # runs where the tiny decoder exists
     assert "Stream batch bound at 32×32" in text

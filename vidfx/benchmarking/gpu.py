@@ -34,11 +34,11 @@ import torch
 import torch._dynamo
 
 from vidfx.accel import accelerate_dit
-from vidfx.autoencoder.base import VideoAutoencoder
+from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.benchmarking.results import RESULTS, cpu_name, update_section
 from vidfx.config import AccelSettings
 from vidfx.frames import frames_to_tensor, tensor_to_rgb
-from vidfx.model import CausalDiT, DiTConfig
+from vidfx.model import CausalDiT, CrossAttnCache, DiTConfig, KVCache
 from vidfx.sampling import chunk_sigmas, noise_to, velocity_to_x0
 
 HEADING = "## GPU: the 1.3B causal generator, video-to-video (issue 21)"
@@ -161,10 +161,10 @@ def build_dit(preset: str, device: torch.device, dtype: torch.dtype, seed: int =
 class Stream:
     """One benchmark stream (or `sessions` streams batched): caches and the prompt's cross-attention K/V."""
 
-    encoder: object
-    decoder: object
-    kv: object
-    cross: object
+    encoder: StreamEncoder
+    decoder: StreamDecoder
+    kv: KVCache
+    cross: CrossAttnCache
     chunks: int = 0
 
 
@@ -196,29 +196,32 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
 
     def denoise(st: Stream, clock: StageClock) -> torch.Tensor:
         frames = encoder_ae.frames_for_latents(n_lat, st.chunks == 0)
-        pixels = torch.cat([frames_to_tensor(video[i, :frames], device=device, pinned=pinned) for i in range(b)])
         clock.mark("start")
-        z = st.encoder.encode(pixels).float()  # type: ignore[attr-defined]
+        pixels = torch.cat([frames_to_tensor(video[i, :frames], device=device, pinned=pinned) for i in range(b)])
+        clock.mark("upload")
+        z = st.encoder.encode(pixels).float()
         clock.mark("encode")
         noise = torch.randn(z.shape, generator=gen, device=device)
         x = noise_to(z, noise, sigmas[0]).to(out_dtype)
         x0 = x.float()
         for i, sigma in enumerate(sigmas):
             t = torch.full((b,), 1000.0 * sigma, device=device)
-            v = dit.forward_chunk(x, t, st.cross, st.kv)  # type: ignore[arg-type]
+            v = dit.forward_chunk(x, t, st.cross, st.kv)
             x0 = velocity_to_x0(x.float(), v, sigma)
             if i + 1 < len(sigmas):
                 x = noise_to(x0, torch.randn(x0.shape, generator=gen, device=device), sigmas[i + 1]).to(out_dtype)
             clock.mark(f"dit {i + 1}")
-        dit.forward_chunk(x0.to(out_dtype), torch.zeros(b, device=device), st.cross, st.kv, write_cache=True)  # type: ignore[arg-type]
+        dit.forward_chunk(x0.to(out_dtype), torch.zeros(b, device=device), st.cross, st.kv, write_cache=True)
         clock.mark("cache write")
         return x0
 
     def decode(st: Stream, x0: torch.Tensor, clock: StageClock) -> list[np.ndarray]:
-        pixels = st.decoder.decode(x0.to(decoder_ae.param_dtype))  # type: ignore[attr-defined]
+        pixels = st.decoder.decode(x0.to(decoder_ae.param_dtype))
         clock.mark("decode")
         st.chunks += 1
-        return [tensor_to_rgb(pixels[i : i + 1].float(), pinned=pinned) for i in range(b)]
+        frames = [tensor_to_rgb(pixels[i : i + 1].float(), pinned=pinned) for i in range(b)]
+        clock.mark("download")
+        return frames
 
     def chunk_pipelined(st: Stream, clock: StageClock, pending: list) -> int:
         """Denoise this chunk; decode it on the side stream and collect the previous chunk's frames."""
@@ -230,7 +233,7 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
             side.wait_stream(torch.cuda.current_stream(device))
             x0.record_stream(side)
             with torch.cuda.stream(side):
-                pixels = st.decoder.decode(x0.to(decoder_ae.param_dtype))  # type: ignore[attr-defined]
+                pixels = st.decoder.decode(x0.to(decoder_ae.param_dtype))
                 clock.mark("decode", side)
                 done = torch.cuda.Event()
                 done.record(side)
@@ -266,19 +269,23 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
     for _ in range(warm_chunks - 1):
         chunk_pipelined(st, StageClock(device), pending)
     stages: dict[str, list[float]] = {}
+    clocks: list[StageClock] = []
     frames_out = 0
     _sync(device)
     start = time.perf_counter()
     for _ in range(args.chunks):
-        clock = StageClock(device)
-        frames_out += chunk_pipelined(st, clock, pending)
-        for key, ms in clock.elapsed().items():
-            stages.setdefault(key, []).append(ms)
+        # Stage times are read after the loop: reading a chunk's last event here would wait for its decode,
+        # and that wait would undo the overlap the decode-stream rows measure.
+        clocks.append(StageClock(device))
+        frames_out += chunk_pipelined(st, clocks[-1], pending)
     if pending:  # the last decode (overlapped rows): its frames count once they are on the host
         p_pixels, p_done = pending.pop()
         p_done.synchronize()
         frames_out += sum(len(tensor_to_rgb(p_pixels[i : i + 1].float(), pinned=pinned)) for i in range(b))
     wall = time.perf_counter() - start
+    for clock in clocks:
+        for key, ms in clock.elapsed().items():
+            stages.setdefault(key, []).append(ms)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return Measured(
         row=name,
@@ -395,25 +402,26 @@ def report(results: list[Measured], bounds: dict, args: argparse.Namespace) -> s
         f"frames, {args.chunks} timed chunks after the stream's cache is full. Goal at 480×832: ≥ {GOAL_FPS:.0f} FPS, "
         f"first frame < {GOAL_FIRST_FRAME_MS:.0f} ms (its capture wait at {args.camera_fps:.0f} FPS included).",
         "",
-        "| size | row | FPS | × eager | first chunk ms (first frame) | encode | DiT forwards | cache write "
-        "| decode | peak VRAM GiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | row | FPS | × eager | first chunk ms (first frame) | upload | encode | DiT forwards | cache write "
+        "| decode | download | peak VRAM GiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {m.size: m.fps for m in results if m.row == "eager" and not m.skipped}
     for m in results:
         size = f"{m.size[0]}×{m.size[1]}"
         note = ROWS[m.row].note
         if m.skipped:
-            lines.append(f"| {size} | {m.row} | — | — | — | — | — | — | — | — | skipped: {m.skipped} |")
+            lines.append(f"| {size} | {m.row} |{' — |' * 10} skipped: {m.skipped} |")
             continue
         s = m.stages_ms
         dits = " / ".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("dit "))
         ratio = f"{m.fps / eager[m.size]:.2f}" if m.size in eager else "—"
         vram = f"{m.peak_vram_gib:.1f}" if m.peak_vram_gib == m.peak_vram_gib else "—"
+        stage = {k: f"{s[k]:.1f}" if k in s else "—" for k in ("upload", "encode", "cache write", "decode", "download")}
         lines.append(
             f"| {size} | {m.row} | {m.fps:.1f} | {ratio} | {m.first_chunk_ms:.0f} ({m.first_frame_ms:.0f}) "
-            f"| {s.get('encode', float('nan')):.1f} | {dits} | {s.get('cache write', float('nan')):.1f} "
-            f"| {s.get('decode', float('nan')):.1f} | {vram} | {note} |"
+            f"| {stage['upload']} | {stage['encode']} | {dits} | {stage['cache write']} | {stage['decode']} "
+            f"| {stage['download']} | {vram} | {note} |"
         )
     for size, (one, many) in bounds.items():
         lines.append("")
