@@ -21,8 +21,7 @@ the attention itself, and it avoids the drift of rotating stored keys backwards.
 Indexing does no host work in the step: the visible order and the chunk's write slots are index tensors on the
 cache's device, built at most once per chunk (the first call after a `commit_chunk`/`reset`) and then looked
 up by every layer and every step. Built tensors are memoised by the ring's phase, so once a stream has gone
-round the window a few times no index is ever built or copied to the device again (and a captured CUDA graph
-sees only tensors it has seen before).
+round the window no index is ever built or copied to the device again.
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ class KVCache:
         key = tuple(slots)
         index = self._index_memo.get(key)
         if index is None:
-            if len(self._index_memo) >= 256:  # bounded: a stream has at most (sinks+1)·window² phases
+            if len(self._index_memo) >= 256:  # bounded; a stream meets a few (fill-up, then one per ring phase)
                 self._index_memo.clear()
             tpf = self.tokens_per_frame
             frames = torch.tensor(slots, dtype=torch.long)
