@@ -90,7 +90,7 @@ def test_help_lists_every_setting_with_default_and_env_var():
     add_settings_flags(p)
     text = p.format_help().replace("\n", " ")
     text = " ".join(text.split())
-    for section in ("model", "stream", "zmq", "http", "limits"):
+    for section in ("model", "stream", "zmq", "http", "limits", "accel"):
         model = type(getattr(Settings(), section))
         for name in model.model_fields:
             flag = f"--{section}-{name}".replace("_", "-")

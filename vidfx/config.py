@@ -179,6 +179,25 @@ class LimitSettings(_Section):
     )
 
 
+class AccelSettings(_Section):
+    """The GPU inference path (vidfx.accel.apply_acceleration), one switch per optimisation. None changes what
+    the model computes beyond kernel rounding (tests/test_accel.py holds each to the eager path). bf16 weights
+    are `model.dtype`. Defaults: switches that cost nothing and are exact anywhere are on; those that cost
+    start-up time or need CUDA are off until `vidfx bench gpu` (benchmarks/gpu_session.sh) has measured them."""
+
+    fp32_islands: bool = Field(
+        True, description="in a bf16/fp16 model keep Wan's fp32 parts fp32: time embedding, modulation, norm weights"
+    )
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto", description="restrict attention to one SDPA backend (an error, not a fallback, if it cannot run)"
+    )
+    compile: bool = Field(False, description="torch.compile the transformer blocks (minutes of start-up)")
+    cuda_graphs: bool = Field(
+        False, description="replay the blocks as CUDA graphs, one per shape (torch.compile reduce-overhead; CUDA)"
+    )
+    pinned_transfer: bool = Field(True, description="move frames through pinned host memory (CUDA; no-op on CPU)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -194,6 +213,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     limits: LimitSettings = LimitSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    accel: AccelSettings = AccelSettings()
     token: SecretStr | None = Field(
         None,
         description="shared secret demanded by every transport once set (required beyond loopback); prefer "
@@ -228,9 +248,8 @@ class Settings(BaseSettings):
 
 # -- command-line flags generated from the models ------------------------------------------------------------
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    name: typing.get_type_hints(Settings)[name] for name in ("model", "stream", "zmq", "http", "limits", "webrtc")
-}
+_SECTION_NAMES = ("model", "stream", "zmq", "http", "limits", "webrtc", "accel")
+_SECTIONS: dict[str, type[BaseModel]] = {name: typing.get_type_hints(Settings)[name] for name in _SECTION_NAMES}
 
 
 def _flag(section: str | None, field: str) -> str:

@@ -188,12 +188,13 @@ def frames_to_tensor(
     geometry: FrameGeometry | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    pinned: bool = False,
 ) -> torch.Tensor:
     """T frames -> (1, 3, T, h, w) in [-1, 1] on `device`.
 
     `frames`: av frames, arrays in `pixel_format`, or one (T, H, W, 3) rgb24/bgr24 array. With `geometry`
     they must be camera-sized and come out model-sized; without it the size is kept. uint8 pixels travel to
-    the device and are converted and resized there.
+    the device and are converted and resized there; `pinned` (CUDA only): through pinned host memory.
     """
     if isinstance(frames, np.ndarray) and frames.ndim != 4:
         raise ValueError(f"pass a list of frames or one (T, H, W, 3) array, got an array of shape {frames.shape}")
@@ -213,7 +214,8 @@ def frames_to_tensor(
         clip = np.stack(rgb)
     if geometry is not None and clip.shape[1:3] != geometry.camera:
         raise ValueError(f"frames are {clip.shape[1:3]} (H, W) but the geometry expects camera {geometry.camera}")
-    u8 = torch.from_numpy(np.ascontiguousarray(clip)).to(device).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+    u8 = to_device(torch.from_numpy(np.ascontiguousarray(clip)), torch.device(device), pinned)
+    u8 = u8.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
     if geometry is not None and _resize_in_uint8(u8.device):
         u8 = geometry.to_model(u8)
     # Reorder while still uint8 (a quarter of the bytes), then convert once, in place, on contiguous memory.
@@ -223,14 +225,34 @@ def frames_to_tensor(
     return x.unsqueeze(0).contiguous().to(dtype)  # (1, 3, T, h, w)
 
 
+def to_device(host: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
+    """A host tensor on `device`. `pinned` and CUDA: staged in pinned memory (PyTorch's caching host allocator
+    reuses the block, and keeps it until the copy is done) and copied asynchronously, so the copy runs at full
+    bus speed and the host thread does not wait for it."""
+    if pinned and device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def to_host(x: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """A device tensor on the host; `pinned` and CUDA: copied into pinned memory (one wait for the copy)."""
+    if pinned and x.device.type == "cuda":
+        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        out.copy_(x, non_blocking=True)
+        torch.cuda.current_stream(x.device).synchronize()
+        return out
+    return x.cpu()
+
+
 def _resize_in_uint8(device: torch.device) -> bool:
     # CPU: resize the uint8 pixels (fast kernel, at most half a level of extra rounding). CUDA has no uint8
     # interpolation and float is cheap there: convert first.
     return device.type == "cpu"
 
 
-def tensor_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None) -> np.ndarray:
-    """(1, 3, T, h, w) in [-1, 1] -> (T, H, W, 3) uint8 RGB on the CPU (camera-sized with `geometry`)."""
+def tensor_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None, pinned: bool = False) -> np.ndarray:
+    """(1, 3, T, h, w) in [-1, 1] -> (T, H, W, 3) uint8 RGB on the CPU (camera-sized with `geometry`);
+    `pinned` (CUDA only): through pinned host memory."""
     if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected a (1, 3, T, h, w) clip tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -244,7 +266,7 @@ def tensor_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None) -> np.
     u8 = frames.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)  # (T, 3, h, w)
     if geometry is not None and _resize_in_uint8(frames.device):
         u8 = geometry.to_camera(u8)
-    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return to_host(u8.permute(0, 2, 3, 1).contiguous(), pinned).numpy()
 
 
 def tensor_to_arrays(

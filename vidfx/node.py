@@ -22,6 +22,7 @@ import torch
 import zmq.asyncio
 from aiohttp import web
 
+from vidfx.accel import apply_acceleration
 from vidfx.config import Settings, resolve_threads
 from vidfx.loading import load_pipeline
 from vidfx.stream.control import ControlHandler
@@ -84,7 +85,8 @@ class Node:
         self.endpoints["http"] = f"http://{host}:{port}"
         emit_event("listening", **self.endpoints)
         loop = asyncio.get_running_loop()
-        pipeline = await loop.run_in_executor(None, load_pipeline, s.model)  # seconds of work: off the loop
+        # Seconds of work (minutes with accel.compile): off the loop.
+        pipeline = await loop.run_in_executor(None, lambda: apply_acceleration(load_pipeline(s.model), s.accel))
         s.model = pipeline.settings  # with its release profile applied: new streams start at its steps
         self.engine = Engine(pipeline, s, self.metrics)
         self.data = ZmqDataPlane(self.ctx, self.engine, s, self.token)

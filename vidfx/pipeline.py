@@ -240,6 +240,7 @@ class StylePipeline:
         self.looks = looks  # prompts of the looks the model is known to render (its card's); () if unknown
         self.profile = profile  # the release profile whose sampler settings apply ("" for our own models)
         self.latent_hw = (settings.height // autoencoder.spatial_factor, settings.width // autoencoder.spatial_factor)
+        self.pinned_transfer = False  # frames through pinned host memory (CUDA; vidfx.accel sets it)
 
     # -- geometry ------------------------------------------------------------------------------------------
     def frames_per_chunk(self, first: bool) -> int:
@@ -380,7 +381,7 @@ class StylePipeline:
             raise ValueError(f"expected uint8 frames ({expected}, H, W, 3), got {frames.dtype} {frames.shape}")
         self._apply(st, request.params, request.pts_us)
         geometry = self.geometry((frames.shape[1], frames.shape[2]))
-        pixels = frames_to_tensor(frames, geometry=geometry, device=self.device)  # (1, 3, T, h, w)
+        pixels = frames_to_tensor(frames, geometry=geometry, device=self.device, pinned=self.pinned_transfer)
         z = st.encoder.encode(pixels).float()  # (1, C, n, h, w)
         strength = request.params.strength
         if request.params.motion_aware:
@@ -399,7 +400,7 @@ class StylePipeline:
         st = p.request.state
         pixels = st.decoder.decode(p.x0.to(self.autoencoder.param_dtype))  # (1, 3, T, h, w) in [-1, 1]
         st.chunks += 1
-        return tensor_to_rgb(pixels.float(), p.geometry)
+        return tensor_to_rgb(pixels.float(), p.geometry, pinned=self.pinned_transfer)
 
     def _denoise_batch(self, group: list[_Prepared]) -> None:
         """Few-step denoise + cache write of B streams' chunks in one forward per step.
@@ -449,11 +450,14 @@ class StylePipeline:
         ctx = noise_to(x0, fresh_noise(x0), ctx_sigma) if ctx_sigma > 0 else x0
         t = torch.full((x.shape[0],), 1000.0 * ctx_sigma, device=x.device)
         self.dit.forward_chunk(ctx, t, cross, joint, write_cache=True, condition=source)
-        new_slots = torch.arange(visible * joint.tokens_per_frame, (visible + n) * joint.tokens_per_frame)
-        for b, (p, st) in enumerate(zip(group, states, strict=True)):
-            for layer in range(joint.num_layers):
-                k, v = joint.read(layer, new_slots)  # (B, n·tokens, heads, head_dim)
+        # This chunk's slots in the joint cache, built on the device once (not per layer and stream).
+        tpf = joint.tokens_per_frame
+        new_slots = torch.arange(visible * tpf, (visible + n) * tpf, device=joint.device)
+        for layer in range(joint.num_layers):
+            k, v = joint.read(layer, new_slots)  # (B, n·tokens, heads, head_dim), one gather per layer
+            for b, st in enumerate(states):
                 st.kv.write(layer, k[b : b + 1], v[b : b + 1])
+        for b, (p, st) in enumerate(zip(group, states, strict=True)):
             st.kv.commit_chunk(n)
             p.x0 = x0[b : b + 1]
 

@@ -30,7 +30,8 @@ import torch
 import zmq
 import zmq.asyncio
 
-from vidfx.config import ModelSettings, resolve_threads
+from vidfx.accel import apply_acceleration
+from vidfx.config import AccelSettings, ModelSettings, resolve_threads
 from vidfx.generation import denoise_chunk
 from vidfx.loading import load_pipeline
 from vidfx.pipeline import ChunkRequest, StreamParams
@@ -59,8 +60,9 @@ def _video(n: int, h: int, w: int, seed: int) -> np.ndarray:
 def standalone(
     model: ModelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool
 ) -> dict[str, float]:
-    """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams."""
-    pipe = load_pipeline(model)
+    """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams (with the
+    node's default acceleration settings, as `vidfx serve` applies them)."""
+    pipe = apply_acceleration(load_pipeline(model), AccelSettings())
     pipe.warm_up(2)
     states = [pipe.new_stream_state(StreamParams(prompts=((f"style {i}", 1.0),), seed=i)) for i in range(streams)]
     video = _video(8, size[0], size[1], 0)
@@ -90,23 +92,31 @@ async def _scrape(http: str) -> dict[str, float]:
     return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
 
 
-def _clock(threads: int) -> Callable[[], float]:
+def _clock(model: ModelSettings) -> Callable[[], float]:
     """This thread's CPU time when torch computes on this thread alone (immune to other processes' load), else
-    wall time."""
-    return time.thread_time if threads == 1 else time.perf_counter
+    wall time; on a GPU, wall time after the device has finished what was queued."""
+    if model.device.startswith("cuda"):
+
+        def synced() -> float:
+            torch.cuda.synchronize(model.device)
+            return time.perf_counter()
+
+        return synced
+    return time.thread_time if model.threads == 1 else time.perf_counter
 
 
 def chunk_breakdown(model: ModelSettings, reps: int = 30) -> dict[str, float]:
     """Median ms per (regular, cache-full) chunk of: autoencoder encode, DiT denoise + cache write, decode."""
     pipe = load_pipeline(model)
     dit, ae = pipe.dit, pipe.autoencoder
-    clock = _clock(model.threads)
+    clock = _clock(model)
+    device = pipe.device
     h, w = pipe.latent_hw
     enc, dec = ae.stream_encoder(), ae.stream_decoder()
     kv = dit.new_kv_cache(1, h, w, model.window_frames, model.sink_frames)
-    cross = dit.cross_attention_cache(pipe.embed((("a benchmark", 1.0),))[None])
+    cross = dit.cross_attention_cache(pipe.embed((("a benchmark", 1.0),))[None].to(device))
     sigmas = chunk_sigmas(model.steps, model.strength)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     video = torch.rand(1, 3, 1 + 4 * (reps + 10), model.height, model.width) * 2 - 1
     times: dict[str, list[float]] = {"encode": [], "dit": [], "decode": []}
     start, first = 0, True
@@ -116,7 +126,8 @@ def chunk_breakdown(model: ModelSettings, reps: int = 30) -> dict[str, float]:
             t0 = clock()
             z = enc.encode(video[:, :, start : start + n])
             t1 = clock()
-            x0 = denoise_chunk(dit, noise_to(z, torch.randn(z.shape, generator=gen), sigmas[0]), sigmas, cross, kv, gen)
+            noise = torch.randn(z.shape, generator=gen, device=device, dtype=z.dtype)
+            x0 = denoise_chunk(dit, noise_to(z, noise, sigmas[0]), sigmas, cross, kv, gen)
             t2 = clock()
             dec.decode(x0)
             t3 = clock()
@@ -129,17 +140,18 @@ def chunk_breakdown(model: ModelSettings, reps: int = 30) -> dict[str, float]:
 
 def dit_batch_cost(model: ModelSettings, rows: int, reps: int = 20) -> tuple[float, float]:
     """ms of one DiT chunk forward at batch 1 and at batch `rows` (cache full)."""
-    clock = _clock(model.threads)
+    clock = _clock(model)
     pipe = load_pipeline(model)
     dit = pipe.dit
+    device = pipe.device
     h, w = pipe.latent_hw
     n = model.latent_frames_per_chunk
     setups = []
     for b in (1, rows):
         cache = dit.new_kv_cache(b, h, w, model.window_frames, model.sink_frames)
-        cross = dit.cross_attention_cache(torch.randn(b, dit.cfg.text_len, dit.cfg.text_dim))
-        x = torch.randn(b, dit.cfg.out_dim, n, h, w)
-        t = torch.full((b,), 500.0)
+        cross = dit.cross_attention_cache(torch.randn(b, dit.cfg.text_len, dit.cfg.text_dim, device=device))
+        x = torch.randn(b, dit.cfg.out_dim, n, h, w, device=device)
+        t = torch.full((b,), 500.0, device=device)
         with torch.no_grad():
             for _ in range(model.window_frames + model.sink_frames):  # fill the cache (and warm up)
                 dit.forward_chunk(x, t, cross, cache, write_cache=True)
@@ -161,6 +173,7 @@ async def _start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Proc
     cmd = [sys.executable, "-m", "vidfx.cli", "serve", "--zmq-input", "tcp://127.0.0.1:*",
            "--zmq-output", "tcp://127.0.0.1:*", "--zmq-control", "tcp://127.0.0.1:*", "--http-port", "0",
            "--model-name", args.model, "--model-threads", str(args.threads), "--model-max-batch", str(args.max_batch),
+           "--model-device", args.device, "--model-dtype", args.dtype,
            "--stream-max-sessions", "16", "--log-level", "warning"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFX_")}
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
@@ -277,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     args.size = tuple(args.size)
     args.threads = resolve_threads(args.threads)
     torch.set_num_threads(args.threads)
-    model = ModelSettings(name=args.model, threads=args.threads)
+    model = ModelSettings(name=args.model, threads=args.threads, device=args.device, dtype=args.dtype)
     load0 = f"{os.getloadavg()[0]:.1f}"
     alone, res = asyncio.run(measure(args, model))
     rows = len(chunk_sigmas(model.steps, model.strength)) + 1  # denoising steps + the cache-write pass
@@ -287,8 +300,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"Model `{args.model}` (random tiny weights), {args.size[1]}×{args.size[0]} input → "
         f"{model.width}×{model.height} model, {chunk_frames} frames/chunk, steps {model.steps} at strength "
-        f"{model.strength}, {args.threads} torch thread(s), {args.seconds:.0f} s per row, batching up to "
-        f"{args.max_batch}; load average before/after: {load0} / {os.getloadavg()[0]:.1f}.",
+        f"{model.strength}, on {args.device} ({args.dtype}), {args.threads} torch thread(s), {args.seconds:.0f} s "
+        f"per row, batching up to {args.max_batch}; load average before/after: {load0} / {os.getloadavg()[0]:.1f}.",
         "",
         "| streams | standalone FPS (batched / unbatched) | served FPS, saturated | overhead (wall) "
         "| frames per CPU-s standalone (unbatched) / served | overhead (CPU) | worker busy, saturated "
@@ -312,8 +325,9 @@ def run(args: argparse.Namespace) -> int:
         "",
         f"One chunk: {1e3 * chunk_frames / args.fps:.0f} ms of video at {args.fps:.0f} FPS, ≈{chunk_ms:.0f} ms of "
         f"compute standalone → latency goal p95 ≤ {1e3 * chunk_frames / args.fps + 2 * chunk_ms:.0f} ms.",
-        f"One regular chunk, CPU ms: encode {parts['encode']:.1f}, DiT ({rows - 1} steps + cache write) "
-        f"{parts['dit']:.1f}, decode {parts['decode']:.1f}.",
+        f"One regular chunk, ms ({'CPU' if args.device == 'cpu' else 'wall, synchronised'}): encode "
+        f"{parts['encode']:.1f}, DiT ({rows - 1} steps + cache write) {parts['dit']:.1f}, "
+        f"decode {parts['decode']:.1f}.",
         f"Stream batch (StreamDiffusion): one DiT forward of {rows} rows (successive chunks at successive steps "
         f"+ the cache-write row) costs {ditk:.1f} ms against {rows} × {dit1:.1f} ms "
         f"({ditk / (rows * dit1):.0%}); a chunk would cost {parts['encode'] + ditk + parts['decode']:.1f} ms instead "
@@ -337,5 +351,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"), help="input frame size")
     p.add_argument("--threads", type=int, default=0, help="torch threads, node and standalone (0 = auto)")
     p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="torch device of the node and the standalone pipeline")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=run)

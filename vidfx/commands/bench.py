@@ -7,6 +7,10 @@ import importlib
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "cache": ("per-chunk time with the rolling KV cache vs recomputing the history", "vidfx.benchmarking.cache"),
+    "gpu": (
+        "the 1.3B causal generator on a GPU at 480×832 / 320×576: FPS, first frame, stages, VRAM, per optimisation",
+        "vidfx.benchmarking.gpu",
+    ),
     "serve": ("vidfx serve at 1/2/4 streams: FPS, latency, drops, overhead vs standalone", "vidfx.benchmarking.serve"),
 }
 

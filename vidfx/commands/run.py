@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The model settings' flags, their short forms, --prompt, the output encoding and --quiet."""
-    add_settings_flags(p, sections=("model",))
+    add_settings_flags(p, sections=("model", "accel"))
     p.add_argument("--model", dest="model__name", default=None, help="same as --model-name")
     p.add_argument("--strength", dest="model__strength", type=float, default=None, help="same as --model-strength")
     p.add_argument("--steps", dest="model__steps", type=int, nargs="+", default=None, help="same as --model-steps")
@@ -38,6 +38,7 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     import torch
     from pydantic import ValidationError
 
+    from vidfx.accel import apply_acceleration
     from vidfx.loading import load_pipeline
     from vidfx.pipeline import StreamParams
     from vidfx.weights import CheckpointError
@@ -50,7 +51,7 @@ def load(args: argparse.Namespace, command: str) -> tuple[StylePipeline, StreamP
     if settings.model.threads:  # 0: torch's default, every core (a file run has no I/O loop to leave one to)
         torch.set_num_threads(settings.model.threads)
     try:
-        pipe = load_pipeline(settings.model)
+        pipe = apply_acceleration(load_pipeline(settings.model), settings.accel)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"vidfx {command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

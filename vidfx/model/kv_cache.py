@@ -17,6 +17,11 @@ stream runs (the official RoPE table covers 1,024 latent frames). While the stre
 ranks equal absolute frame indices, so cached generation equals the uncached block-causal forward exactly.
 Re-rotating costs one complex multiply over the visible keys per layer per call: elementwise, small next to
 the attention itself, and it avoids the drift of rotating stored keys backwards.
+
+Indexing does no host work in the step: the visible order and the chunk's write slots are index tensors on the
+cache's device, built at most once per chunk (the first call after a `commit_chunk`/`reset`) and then looked
+up by every layer and every step. Built tensors are memoised by the ring's phase, so once a stream has gone
+round the window no index is ever built or copied to the device again.
 """
 
 from __future__ import annotations
@@ -52,15 +57,28 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.frames_seen = 0  # latent frames committed since creation or the last reset
+        self.device = self.k.device
+        # Device index tensors, memoised by ring phase (see the module docstring); `index_builds` counts the
+        # ones built on the host and copied over (tests hold it to at most one per chunk).
+        self._index_memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self._visible: torch.Tensor | None = None  # this chunk's visible order; None = not looked up yet
+        self._write: dict[int, torch.Tensor] = {}  # this chunk's write slots, by chunk frames
+        self.index_builds = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget the stream; buffers are kept (no reallocation)."""
+        """Forget the stream; buffers and memoised indices are kept (no reallocation)."""
         self.frames_seen = 0
+        self._new_chunk()
 
     def commit_chunk(self, num_frames: int) -> None:
         """Mark a chunk written by every layer (called once per cache-write pass)."""
         self.frames_seen += num_frames
+        self._new_chunk()
+
+    def _new_chunk(self) -> None:
+        self._visible = None
+        self._write = {}
 
     # -- geometry ------------------------------------------------------------------------------------
     @property
@@ -78,23 +96,50 @@ class KVCache:
                 slots.append(self.sink_frames + (f - self.sink_frames) % self.window_frames)
         return slots
 
+    def _token_index(self, slots: list[int]) -> torch.Tensor:
+        """Token indices (len(slots)·tokens_per_frame,) on the cache's device of the frame `slots`, in order;
+        memoised, so a ring phase seen before costs a dict lookup and no host→device copy."""
+        key = tuple(slots)
+        index = self._index_memo.get(key)
+        if index is None:
+            if len(self._index_memo) >= 256:  # bounded; a stream meets a few (fill-up, then one per ring phase)
+                self._index_memo.clear()
+            tpf = self.tokens_per_frame
+            frames = torch.tensor(slots, dtype=torch.long)
+            index = (frames[:, None] * tpf + torch.arange(tpf)[None, :]).reshape(-1).to(self.device)
+            self._index_memo[key] = index
+            self.index_builds += 1
+        return index
+
     def visible_order(self) -> torch.Tensor:
-        """Token slot indices of the visible frames, in stream order (sinks, then oldest → newest)."""
-        n_window = min(max(self.frames_seen - self.sink_frames, 0), self.window_frames)
-        n_sink = min(self.frames_seen, self.sink_frames)
-        first_window = self.frames_seen - n_window
-        frames = list(range(n_sink)) + list(range(first_window, first_window + n_window))
-        slots = torch.tensor([self._frame_slots(f, 1)[0] for f in frames], dtype=torch.long)
-        tpf = self.tokens_per_frame
-        return (slots[:, None] * tpf + torch.arange(tpf)[None, :]).reshape(-1)
+        """Token slot indices of the visible frames, in stream order (sinks, then oldest → newest), on the
+        cache's device. The same tensor for every call until the next `commit_chunk` / `reset`."""
+        if self._visible is None:
+            n_window = min(max(self.frames_seen - self.sink_frames, 0), self.window_frames)
+            n_sink = min(self.frames_seen, self.sink_frames)
+            first_window = self.frames_seen - n_window
+            frames = list(range(n_sink)) + list(range(first_window, first_window + n_window))
+            self._visible = self._token_index(self._frame_slots_of(frames))
+        return self._visible
+
+    def write_index(self, num_frames: int) -> torch.Tensor:
+        """Token slots the next `num_frames` frames go to, on the cache's device; once per chunk."""
+        index = self._write.get(num_frames)
+        if index is None:
+            index = self._write[num_frames] = self._token_index(self._frame_slots(self.frames_seen, num_frames))
+        return index
+
+    def _frame_slots_of(self, frames: list[int]) -> list[int]:
+        return [self._frame_slots(f, 1)[0] for f in frames]
 
     # -- per-layer access (used by the attention layer) -----------------------------------------------
     def read(self, layer: int, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visible keys/values of `layer` in stream order: (B, visible_tokens, heads, head_dim) each."""
+        """Visible keys/values of `layer` in stream order: (B, visible_tokens, heads, head_dim) each.
+
+        `order`: token slots on the cache's device (`visible_order()`, or any slots of this cache)."""
         if order.numel() == 0:
             empty = self.k[layer, :, :0]
             return empty, empty
-        order = order.to(self.k.device)
         return self.k[layer].index_select(1, order), self.v[layer].index_select(1, order)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -105,8 +150,7 @@ class KVCache:
             raise ValueError(f"chunk of {k.shape[1]} tokens is not whole frames of {tpf} tokens")
         if num_frames > self.window_frames:
             raise ValueError(f"chunk of {num_frames} frames exceeds the {self.window_frames}-frame window")
-        slots = torch.tensor(self._frame_slots(self.frames_seen, num_frames), dtype=torch.long)
-        index = (slots[:, None] * tpf + torch.arange(tpf)[None, :]).reshape(-1).to(self.k.device)
+        index = self.write_index(num_frames)
         self.k[layer].index_copy_(1, index, k.to(self.k.dtype))
         self.v[layer].index_copy_(1, index, v.to(self.v.dtype))
 

@@ -22,12 +22,14 @@ outgrows its cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 
@@ -89,13 +91,18 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32: the mean of squares overflows/underflows in bf16 at this width.
+        # The weight multiplies in fp32 too (as under Wan's autocast), so fp32 weights kept in a bf16 model
+        # (`CausalDiT.keep_fp32_islands`) return x's dtype.
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).type_as(x)
 
 
-def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Wan's norm1/norm2/head norm: LayerNorm without weights, computed in fp32."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).type_as(x)
+def layer_norm(x: torch.Tensor, eps: float, affine: nn.LayerNorm | None = None) -> torch.Tensor:
+    """Wan's LayerNorms, computed in fp32: norm1/norm2/head without weights, norm3 with `affine`'s."""
+    weight = bias = None
+    if affine is not None:
+        weight, bias = affine.weight.float(), affine.bias.float()
+    return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps=eps).type_as(x)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -141,13 +148,17 @@ def rope_for_grid(
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2) complex64.
+    """Rotate adjacent channel pairs of x (B, L, heads, head_dim) by rot (L, head_dim/2, 2) = (cos, sin), fp32.
 
     Wan rotates in fp64; the tables are built in fp64 and only the product is fp32 here (relative error
     ~1e-7), because the cache path re-rotates every visible key each call and fp64 made that the hot spot.
+    The complex product is written out in reals (the same arithmetic, bit for bit): torch.compile's
+    code generator fuses real arithmetic but not complex.
     """
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * rot[None, :, None, :]).flatten(-2).type_as(x)
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = rot[None, :, None, :, 0], rot[None, :, None, :, 1]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,11 +177,17 @@ class AttnContext:
     """What self-attention needs beyond x: the grid, positions, and either a mask or a cache."""
 
     grid: tuple[int, int, int]  # (frames, height, width) in patches of the current input
-    rot: torch.Tensor  # (visible_tokens + current_tokens, head_dim/2) complex rotations
+    rot: torch.Tensor  # (visible_tokens + current_tokens, head_dim/2, 2) rotations as (cos, sin)
     mask: torch.Tensor | None = None  # full forward: (L, L) bool block-causal mask, None = bidirectional
     cache: KVCache | None = None  # chunk forward: the stream's cache
-    cache_order: torch.Tensor | None = None  # token slots of the visible cache, in stream order
+    cache_order: torch.Tensor | None = None  # token slots of the visible cache, in stream order (on its device)
     write_cache: bool = False  # store this chunk's keys/values (the t = context-noise pass)
+
+
+# The blocks are pure functions of tensors (no cache object, no Python state): `torch.compile` traces each
+# once per shape and CUDA graphs can replay them. The cache is read before and written after each block by
+# `CausalDiT._run_blocks`. Block inputs beside x: rot, mask (None in a chunk forward), the layer's visible
+# past keys/values (None in a whole-clip forward) and the layer's cross-attention keys/values.
 
 
 class Projections(nn.Module):
@@ -188,25 +205,28 @@ class Projections(nn.Module):
 
 
 class SelfAttention(Projections):
-    def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rot: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, dim); past: the visible cache's pre-RoPE keys/values (B, visible, heads, head_dim) each, or
+        None for a whole clip (then `mask` applies). Returns the output (B, L, dim) and this input's pre-RoPE
+        keys/values (B, L, heads, head_dim) for the cache write."""
         b, n = x.shape[0], x.shape[1]
         heads = (b, n, self.num_heads, self.head_dim)
         q = self.norm_q(self.q(x)).view(heads)  # (B, L, heads, head_dim)
         k = self.norm_k(self.k(x)).view(heads)
         v = self.v(x).view(heads)
-        if ctx.cache is not None:
-            assert ctx.cache_order is not None
-            past_k, past_v = ctx.cache.read(layer, ctx.cache_order)  # (B, visible, heads, head_dim), pre-RoPE
-            if ctx.write_cache:
-                ctx.cache.write(layer, k, v)
-            k_all = torch.cat([past_k.to(k.dtype), k], dim=1)
-            v_all = torch.cat([past_v.to(v.dtype), v], dim=1)
-            q = apply_rope(q, ctx.rot[-n:])
-            k_all = apply_rope(k_all, ctx.rot)
-            out = attention(q, k_all, v_all)
+        if past is not None:
+            k_all = torch.cat([past[0].to(k.dtype), k], dim=1)
+            v_all = torch.cat([past[1].to(v.dtype), v], dim=1)
+            out = attention(apply_rope(q, rot[-n:]), apply_rope(k_all, rot), v_all)
         else:
-            out = attention(apply_rope(q, ctx.rot), apply_rope(k, ctx.rot), v, ctx.mask)
-        return self.o(out.flatten(2))
+            out = attention(apply_rope(q, rot), apply_rope(k, rot), v, mask)
+        return self.o(out.flatten(2)), k, v
 
 
 class CrossAttention(Projections):
@@ -236,11 +256,13 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         e: torch.Tensor,
-        ctx: AttnContext,
+        rot: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
         cross_kv: tuple[torch.Tensor, torch.Tensor],
-        layer: int,
-    ) -> torch.Tensor:
-        """x: (B, L, dim); e: (B, frames, 6, dim) fp32 per-frame time modulation; returns (B, L, dim)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, L, dim); e: (B, frames, 6, dim) fp32 per-frame time modulation; rot, mask, past: see
+        `SelfAttention`. Returns x (B, L, dim) and the self-attention keys/values to cache."""
         b, n, d = x.shape
         nf = e.shape[1]
         # Modulation in fp32: shift/scale/gate of magnitude ~1 lose the residual's low bits in bf16.
@@ -250,12 +272,12 @@ class Block(nn.Module):
             return h.float().view(b, nf, n // nf, d)  # (B, frames, tokens_per_frame, dim)
 
         h = per_frame(layer_norm(x, self.eps)) * (1 + scale_a[:, :, None]) + shift_a[:, :, None]
-        y = self.self_attn(h.view(b, n, d).type_as(x), ctx, layer)
+        y, k, v = self.self_attn(h.view(b, n, d).type_as(x), rot, mask, past)
         x = (per_frame(x) + per_frame(y) * gate_a[:, :, None]).view(b, n, d).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), *cross_kv)
+        x = x + self.cross_attn(layer_norm(x, self.eps, self.norm3), *cross_kv)
         h = per_frame(layer_norm(x, self.eps)) * (1 + scale_f[:, :, None]) + shift_f[:, :, None]
         y = self.ffn(h.view(b, n, d).type_as(x))
-        return (per_frame(x) + per_frame(y) * gate_f[:, :, None]).view(b, n, d).type_as(x)
+        return (per_frame(x) + per_frame(y) * gate_f[:, :, None]).view(b, n, d).type_as(x), k, v
 
 
 class Head(nn.Module):
@@ -298,6 +320,8 @@ class CausalDiT(nn.Module):
         # RoPE tables are derived, not weights: kept out of the state dict like Wan's `freqs`.
         self._rope = rope_frequencies(cfg)
         self._rot_memo: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+        self.sdpa_backends: list[SDPBackend] | None = None  # None = PyTorch's choice (see _attention_backends)
+        self.cudagraph_steps = False  # blocks replayed as CUDA graphs: mark each forward a new graph step
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -337,9 +361,8 @@ class CausalDiT(nn.Module):
         with torch.autocast(device_type=t.device.type, enabled=False):
             e = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim).to(self.time_embedding[0].weight.dtype))
             e = e.float()
-            e0 = (
-                self.time_projection(e.to(self.time_embedding[0].weight.dtype)).float().unflatten(-1, (6, self.cfg.dim))
-            )
+            e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()
+            e0 = e0.unflatten(-1, (6, self.cfg.dim))
         return e, e0
 
     def _patchify(
@@ -369,21 +392,60 @@ class CausalDiT(nn.Module):
         return x.reshape(x.shape[0], self.cfg.out_dim, f * pf, h * ph, w * pw)
 
     def _rotations(self, frames: int, gh: int, gw: int, device: torch.device) -> torch.Tensor:
-        """RoPE rotations for frame positions 0…frames-1 on a (gh, gw) grid, memoised per device: on a GPU this
-        avoids a host→device copy every chunk (streams see only a handful of distinct lengths)."""
+        """RoPE rotations (frames·gh·gw, head_dim/2, 2) as (cos, sin) for frame positions 0…frames-1 on a
+        (gh, gw) grid, memoised per device: on a GPU this avoids a host→device copy every chunk (streams see
+        only a handful of distinct lengths)."""
         key = (frames, gh, gw, device)
         if key not in self._rot_memo:
             if len(self._rot_memo) > 64:
                 self._rot_memo.clear()
-            self._rot_memo[key] = rope_for_grid(self._rope, torch.arange(frames), gh, gw).to(device)
+            rot = rope_for_grid(self._rope, torch.arange(frames), gh, gw)
+            self._rot_memo[key] = torch.view_as_real(rot).contiguous().to(device)
         return self._rot_memo[key]
 
     def _run_blocks(
         self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, ctx: AttnContext, cross: CrossAttnCache
     ) -> torch.Tensor:
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, e0, ctx, (cross.k[i], cross.v[i]), i)
+        cache = ctx.cache
+        if self.cudagraph_steps:
+            # A new forward may overwrite the previous forward's graph outputs (all consumed by now).
+            torch.compiler.cudagraph_mark_step_begin()
+        with self._attention_backends():
+            for i, blk in enumerate(self.blocks):
+                past = None
+                if cache is not None:
+                    assert ctx.cache_order is not None
+                    past = cache.read(i, ctx.cache_order)  # (B, visible, heads, head_dim) each, pre-RoPE
+                x, k, v = blk(x, e0, ctx.rot, ctx.mask, past, (cross.k[i], cross.v[i]))
+                if cache is not None and ctx.write_cache:
+                    cache.write(i, k, v)  # after the read: a full ring overwrites frames this chunk still sees
         return self.head(x, e)
+
+    # -- acceleration (set by vidfx.accel.apply_acceleration; the eager fp32 model needs none of it) ---------
+    def _attention_backends(self) -> contextlib.AbstractContextManager:
+        """The SDPA backends attention is restricted to (`sdpa_backends`; None = PyTorch's choice). Restricted
+        to one, PyTorch raises rather than fall back: the backend asked for is the one taken."""
+        if self.sdpa_backends is None:
+            return contextlib.nullcontext()
+        return sdpa_kernel(self.sdpa_backends)
+
+    def fp32_islands(self) -> list[nn.Module | nn.Parameter]:
+        """What Wan computes in fp32 in a bf16 model: the time embedding and projection, every modulation, and
+        the norms' weights (the norms themselves always run in fp32, RoPE tables are fp64/complex64)."""
+        islands: list[nn.Module | nn.Parameter] = [self.time_embedding, self.time_projection, self.head.modulation]
+        for blk in self.blocks:
+            islands += [blk.modulation, blk.norm3]
+            islands += [blk.self_attn.norm_q, blk.self_attn.norm_k, blk.cross_attn.norm_q, blk.cross_attn.norm_k]
+        return islands
+
+    def keep_fp32_islands(self) -> CausalDiT:
+        """Cast `fp32_islands` back to fp32 after the model was cast to bf16/fp16 (a no-op in fp32)."""
+        for island in self.fp32_islands():
+            if isinstance(island, nn.Parameter):
+                island.data = island.data.float()
+            else:
+                island.float()
+        return self
 
     # -- whole clip ------------------------------------------------------------------------------------
     def forward(

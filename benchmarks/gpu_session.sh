@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue 21's GPU figures in one short run (about 7 minutes on one H100/H200; every step has its own timeout,
+# so the script ends inside 8 minutes whatever happens). Nothing is downloaded on the GPU machine.
+#
+#   1. Here, on a machine with pip and a package index (once; ≈ 47 MB in .whl/, ignored by git):
+#        bash benchmarks/gpu_session.sh --fetch-wheels
+#      The GPU image has Python 3.12 with torch, numpy, aiohttp, msgpack, matplotlib…; these wheels add what
+#      vidfx needs beyond it (pydantic-settings, PyAV, pyzmq, aiortc and their dependencies).
+#   2. On the GPU machine, from the repository root (with the device tool: carry [".whl"]):
+#        bash benchmarks/gpu_session.sh
+#      It writes into $OUT (default benchmarks/gpu_out/): RESULTS.md (benchmarks/RESULTS.md with the GPU
+#      section filled in), gpu.png, gpu.json (raw, written row by row), serve.json, and the logs.
+#   3. Back here: copy $OUT/RESULTS.md and $OUT/gpu.png over benchmarks/, add the serve table from serve.log
+#      to RESULTS.md's GPU section, and commit.
+#
+# Steps: (a) the GPU-side tests of the inference path (tests/test_accel.py: each CUDA switch against the eager
+# path, pinned transfers); (b) `vidfx bench gpu`: the 1.3B architecture with random weights, every optimisation
+# in turn against the eager bf16 baseline at 480×832, the main ones at 320×576; (c) `vidfx bench serve` on the
+# GPU: node FPS against the standalone pipeline in the same run (goal: ≤ 10% overhead).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(
+  pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4 typing-inspection==0.4.5
+  annotated-types==0.8.0 av==18.1.0 pyzmq==27.3.0 aiortc==1.16.0 aioice==0.13.0 pyee==13.0.1 pylibsrtp==1.0.0
+  pyopenssl==26.4.0 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 google-crc32c==1.9.0 dnspython==2.9.2
+  ifaddr==0.2.0 pytest-asyncio==1.5.0
+)
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  mkdir -p .whl
+  exec "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+fi
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-benchmarks/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ! "$PY" -c "import pydantic_settings, av, zmq, aiortc, pytest_asyncio" 2>/dev/null; then
+  if [ ! -d .whl ]; then
+    echo "gpu_session: vidfx's packages are missing and there is no .whl/ (run --fetch-wheels first)" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vidfx-site \
+    .whl/*.whl || exit 2
+  export PYTHONPATH=/tmp/vidfx-site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_session: no CUDA device')" || exit 2
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+start=$SECONDS
+
+# (a) ≈ 40 s: the inference path on the GPU equals the eager path (and everything CPU-side still passes).
+timeout 75 "$PY" -m pytest -q -p no:cacheprovider tests/test_accel.py -m "not slow" 2>&1 | tee "$OUT/tests.log"
+echo "gpu_session: tests done at $((SECONDS - start)) s"
+
+# (b) ≈ 4–5 min: the benchmark; RESULTS.md is this copy's, then copied to $OUT. Compiled rows pay their compile
+# once per shape in the warm-up (inductor's cache makes the later compiled rows cheaper).
+timeout 300 "$PY" -m vidfx.cli bench gpu --sizes 480x832 320x576 \
+  --other-size-rows eager cuda-graphs tae-decoder all \
+  --results benchmarks/RESULTS.md --plot benchmarks/gpu.png --json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
+cp benchmarks/RESULTS.md benchmarks/gpu.png "$OUT/" 2>/dev/null
+echo "gpu_session: bench gpu done at $((SECONDS - start)) s"
+
+# (c) ≈ 75 s: serving overhead on the GPU (the shipped default model, 1 and 2 streams).
+timeout 110 "$PY" -m vidfx.cli bench serve --device cuda --dtype float32 --streams 1 2 --seconds 4 \
+  --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log"
+echo "gpu_session: all done at $((SECONDS - start)) s"

@@ -1,0 +1,75 @@
+"""The GPU inference path: `AccelSettings` applied to a built pipeline (or a bare DiT), one switch at a time.
+
+    pipe = apply_acceleration(load_pipeline(settings.model), settings.accel)
+
+Every switch keeps what the model computes (tests/test_accel.py holds each to the eager path; exactly in fp32
+where the switch runs on the CPU):
+
+* fp32 islands — in a bf16/fp16 model, the parts Wan runs in fp32 (time embedding and projection, the
+  blocks' and head's modulation, the norms' weights) are cast back to fp32 (`CausalDiT.fp32_islands`); the
+  norms and RoPE always compute in fp32 inside the model.
+* SDPA backend — attention restricted to one backend with `torch.nn.attention.sdpa_kernel`; PyTorch raises
+  when that backend cannot run the call instead of falling back, so the backend asked for is the one taken.
+* compile — each transformer block `torch.compile`d. The blocks are pure functions of tensors (the cache is
+  read before and written after each block), so one graph per input shape serves all layers; a stream sees a
+  few shapes (one per visible-cache length until the window is full), each compiled once.
+* CUDA graphs — the compiled blocks replayed as CUDA graphs (`mode="reduce-overhead"`, one graph per shape,
+  i.e. per visible length); CUDA only.
+* pinned transfer — frames cross host↔device through pinned memory with asynchronous copies; a no-op on the
+  CPU.
+
+Settings whose gain depends on the GPU default to off until `vidfx bench gpu` has measured them (see
+`AccelSettings`). Nothing here loads weights: loading stays in the loader, this runs after it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch._dynamo
+from torch.nn.attention import SDPBackend
+
+from vidfx.config import AccelSettings
+from vidfx.model.wan_dit import CausalDiT
+
+if TYPE_CHECKING:
+    from vidfx.pipeline import StylePipeline
+
+SDPA_BACKENDS: dict[str, SDPBackend] = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+# Distinct block input shapes a stream needs compiled: visible-cache lengths × batch sizes × write/no-write
+# are a few dozen at most; the default limit (8) would silently fall back to eager after the eighth.
+COMPILE_RECOMPILE_LIMIT = 64
+
+
+def accelerate_dit(dit: CausalDiT, accel: AccelSettings) -> CausalDiT:
+    """Apply `accel` to `dit` in place (already on its device and dtype) and return it."""
+    device = dit.patch_embedding.weight.device
+    if accel.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"accel.cuda_graphs needs a CUDA device, the model is on {device}")
+    if accel.fp32_islands and dit.patch_embedding.weight.dtype != torch.float32:
+        dit.keep_fp32_islands()
+    dit.sdpa_backends = None if accel.sdpa_backend == "auto" else [SDPA_BACKENDS[accel.sdpa_backend]]
+    if accel.compile or accel.cuda_graphs:
+        for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), COMPILE_RECOMPILE_LIMIT))
+        mode = "reduce-overhead" if accel.cuda_graphs else None
+        for block in dit.blocks:
+            # In place (nn.Module.compile): parameter names, state dicts and hooks stay those of the block.
+            block.compile(mode=mode, dynamic=False, fullgraph=True)
+        dit.cudagraph_steps = accel.cuda_graphs
+    return dit
+
+
+def apply_acceleration(pipe: StylePipeline, accel: AccelSettings) -> StylePipeline:
+    """Apply `accel` to a built pipeline in place (its DiT and its frame transfers) and return it."""
+    accelerate_dit(pipe.dit, accel)
+    pipe.pinned_transfer = accel.pinned_transfer and pipe.device.type == "cuda"
+    return pipe
