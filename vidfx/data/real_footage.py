@@ -73,6 +73,22 @@ FOOTAGE: dict[str, FootageClip] = {
 }  # fmt: skip
 
 
+def debian_package_info(package: str) -> tuple[str, str]:
+    """(installed version, licence summary) of a Debian package, from dpkg and its copyright file."""
+    import subprocess
+
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    version = done.stdout.strip() if done.returncode == 0 else "not installed"
+    licences = []
+    copyright_file = Path("/usr/share/doc") / package / "copyright"
+    if copyright_file.is_file():
+        for line in copyright_file.read_text(errors="replace").splitlines():
+            if line.startswith("License:") and (name := line[8:].strip()) and name not in licences:
+                licences.append(name)
+    summary = ", ".join(licences[:6]) or "unknown"
+    return version, f"{summary} (see {copyright_file})"
+
+
 def is_video_file(path: str | Path) -> bool:
     return str(path).lower().endswith(VIDEO_SUFFIXES)
 
