@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tomllib
 from pathlib import Path
 
@@ -95,7 +96,16 @@ def run_footage(args: argparse.Namespace) -> int:
     if not looks:
         raise SystemExit("vidfx eval --real-footage: give --looks (the model claims none)")
     scores, grid = evaluate_footage(
-        pipe, clips, looks, args.footage_frames, args.footage_size, args.strength, keep_frames=bool(args.grid)
+        pipe,
+        clips,
+        looks,
+        args.footage_frames,
+        args.footage_size,
+        args.strength,
+        keep_frames=bool(args.grid),
+        on_score=lambda s: print(
+            f"{s.clip} {s.look}: gain {s.gain_share:.0%}, SSIM {s.ssim_luma:.3f}", file=sys.stderr
+        ),
     )
     print(footage_table(scores))
     if args.grid:

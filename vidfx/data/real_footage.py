@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,10 +197,12 @@ def evaluate_footage(
     short_side: int = 240,
     strength: float | None = None,
     keep_frames: bool = False,
+    on_score: Callable[[FootageScore], None] | None = None,
 ) -> tuple[list[FootageScore], list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]]:
     """Every clip (a `FOOTAGE` name or a video path) through the pipeline in every look (`stylize_frames`, the
     path of `vidfx run` and the live node), scored against the look's own rendering. With `keep_frames`, also
-    (clip, look, source, look's rendering, output) middle frames (H, W, 3) for `footage_grid`."""
+    (clip, look, source, look's rendering, output) middle frames (H, W, 3) for `footage_grid`. `on_score` is
+    called with each score as it comes (progress)."""
     scores = []
     kept: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]] = []
     for name in clips:
@@ -217,6 +219,8 @@ def evaluate_footage(
                 params = params.with_(strength=strength)
             output = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in source), params)))
             scores.append(score_footage(clip.name, look, source, output, geometry))
+            if on_score is not None:
+                on_score(scores[-1])
             if keep_frames:
                 mid = len(source) // 2
                 kept.append((clip.name, look, source[mid], stylize(source[mid : mid + 1], look)[0], output[mid]))
