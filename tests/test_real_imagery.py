@@ -60,3 +60,19 @@ def test_packaged_video_is_refused_as_training_picture(monkeypatch: pytest.Monke
     monkeypatch.setitem(DEBIAN_PICTURES, "vtest", Picture("deb:opencv-doc", str(clip.path), "people", "photo"))
     with pytest.raises(ValueError, match="evaluation"):
         picture_file("vtest")
+
+
+def test_dataset_command_takes_real_imagery(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "vidfx.cli", "dataset", str(out), "--num-clips", "2", "--frames", "5", "--size", "32",
+           "32", "--looks", "thermal", "--workers", "1", "--no-contact-sheet", "--real-imagery"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["real_imagery"] and info["picture_share"] == 0.75
+    assert any(p["package"] == "opencv-doc (Debian)" for p in info["pictures"])
+    lines = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all("background" in line for line in lines)
