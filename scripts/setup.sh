@@ -2,12 +2,18 @@
 # Set up vidfx in ./.venv on a fresh machine (Python 3.11 + pip + gcc), with no GPU needed.
 #   bash scripts/setup.sh          runtime only
 #   bash scripts/setup.sh --dev    + test tools (pytest, ruff, selenium) and, as root, Debian's chromium for the page test
+#                                  and the packaged pictures and clips (see below)
+#   bash scripts/setup.sh --data   runtime + (as root) the Debian packages whose pictures and clips vidfx uses:
+#                                  opencv-doc (sample photos for training; sample videos, held out, for
+#                                  `vidfx eval --real-footage`)
 # CPU machines get the CPU build of torch (torch==2.13.0); set VIDFX_TORCH to another requirement
 # (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>") to install a CUDA build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+data=0
+[ "${1:-}" = "--dev" ] && dev=1 && data=1
+[ "${1:-}" = "--data" ] && data=1
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
@@ -33,4 +39,11 @@ if [ "$dev" = 1 ]; then
   fi
 else
   pip_install -e .
+fi
+# Real pictures and held-out real clips ship inside Debian packages (vidfx.data.real_footage, vidfx.data.scenes):
+# installed from the package archive, never downloaded from elsewhere, never copied into git.
+if [ "$data" = 1 ] && [ "$(id -u)" = 0 ] && [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    opencv-doc >/dev/null) \
+    || echo "setup: could not install opencv-doc; the real-footage tests will be skipped" >&2
 fi

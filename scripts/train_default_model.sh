@@ -6,7 +6,7 @@
 # more variants + evaluation) is `vidfx train ablation --config configs/train/ablation_looks.toml`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --data   # + Debian's packaged photos (training) and clips (held-out evaluation)
 vidfx=.venv/bin/vidfx
 config=configs/train/ablation_looks.toml
 dest=${1:-vidfx/weights/default}

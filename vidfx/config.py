@@ -43,8 +43,10 @@ class ModelSettings(_Section):
     text_device: str = Field("auto", description="umT5 device (auto: the model device if it has ≥ 40 GB, else cpu)")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
-    fit: Literal["cover", "contain", "stretch"] = Field(
-        "cover", description="input size → model size: crop to aspect, letterbox, or stretch (vidfx.frames)"
+    fit: Literal["aspect", "cover", "contain", "stretch"] = Field(
+        "aspect",
+        description="input size → model size: keep the camera's aspect (model size sets the short side), "
+        "crop to the model's aspect, letterbox, or stretch (vidfx.frames)",
     )
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")

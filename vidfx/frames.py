@@ -11,7 +11,14 @@ YUV <-> RGB goes through libswscale (PyAV), BT.601 limited range, as every encod
 
 Size policy between the camera's (H, W) and the model's (h, w), `FrameGeometry.fit`:
 
-* `cover` (default): centre-crop the camera frame to the model's aspect ratio, resize to (h, w). Nothing is
+* `aspect` (default): the model's resolution follows the camera: the configured model size's short side,
+  the long side the camera's aspect rounded to a multiple of what the autoencoder × patch size needs
+  (`aspect_model_size`: 128 px → 176×128 for a 640×480 camera, 256 px → 448×256 for 16:9). The whole
+  camera frame is resized to (h, w) and back — the exact inverse, so output pixels sit where input pixels
+  were and the stylised frame covers the camera's field of view. The rounding stretches one axis by at most
+  half a multiple (≤ 4.5% at 128 px, ≤ 3% at 256 px for 4:3 and 16:9). A pipeline picks the size per stream
+  from its first frame (the DiT takes any latent grid).
+* `cover`: centre-crop the camera frame to the model's aspect ratio, resize to (h, w). Nothing is
   distorted, the model sees a full frame; the camera's edges along the longer axis are not seen. Back: the
   model frame is centre-cropped to the camera's aspect and resized to (H, W) — no bars, no distortion, so the
   output is the cropped view enlarged by the ratio of the two aspects (1.0 when they match, 1.026 for a
@@ -43,6 +50,7 @@ PIXEL_FORMATS: tuple[str, ...] = ("rgb24", "bgr24", "yuv420p")
 
 
 class Fit(StrEnum):
+    ASPECT = "aspect"
     COVER = "cover"
     CONTAIN = "contain"
     STRETCH = "stretch"
@@ -74,13 +82,38 @@ def _aspect_crop(size: tuple[int, int], aspect_of: tuple[int, int]) -> Box:
     return _centered(size, max(1, min(h, round(w * ah / aw))), w)
 
 
+def aspect_model_size(camera: tuple[int, int], short_side: int, multiple: int) -> tuple[int, int]:
+    """The model resolution (h, w) for a camera (H, W) under `aspect`: the short side `short_side` (rounded
+    down to `multiple`, at least one multiple), the long side the camera's aspect times that, rounded to the
+    nearest multiple (at least the short side). A square camera gets a square model."""
+    if short_side < 1 or multiple < 1 or min(camera) < 1:
+        raise ValueError(
+            f"need a camera >= 1 px, short_side >= 1 and multiple >= 1, got {camera}, {short_side}, {multiple}"
+        )
+    short = max(multiple, short_side // multiple * multiple)
+    (height, width) = camera
+    long = max(short, round(short * max(height, width) / min(height, width) / multiple) * multiple)
+    return (short, long) if height <= width else (long, short)
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """How camera-sized frames map onto model-sized tensors and back; see the module docstring."""
 
     camera: tuple[int, int]  # (height, width)
-    model: tuple[int, int]  # (height, width)
+    model: tuple[int, int]  # (height, width); under `aspect`, from `aspect_model_size` (or `for_camera`)
     fit: Fit = Fit.COVER
+
+    @classmethod
+    def for_camera(
+        cls, camera: tuple[int, int], model: tuple[int, int], fit: Fit | str, multiple: int = 1
+    ) -> FrameGeometry:
+        """The geometry of a camera on a model configured at `model` (h, w): under `aspect` the model size is
+        `aspect_model_size(camera, min(model), multiple)`, otherwise `model` itself."""
+        fit = Fit(fit)
+        if fit is Fit.ASPECT:
+            model = aspect_model_size(camera, min(model), multiple)
+        return cls(camera, model, fit)
 
     def __post_init__(self) -> None:
         for name, size in (("camera", self.camera), ("model", self.model)):
@@ -94,7 +127,7 @@ class FrameGeometry:
             return _aspect_crop(self.camera, self.model), _full(self.model)
         if self.fit is Fit.CONTAIN:
             return _full(self.camera), _aspect_crop(self.model, self.camera)
-        return _full(self.camera), _full(self.model)
+        return _full(self.camera), _full(self.model)  # stretch, aspect: the whole frame both ways
 
     def backward_boxes(self) -> tuple[Box, Box]:
         """(region of the model frame that is shown, where it lands in the camera-sized output).
@@ -102,7 +135,7 @@ class FrameGeometry:
         For both `cover` and `contain` that region is the model frame's largest centred box of the camera's
         aspect: under `contain` it is exactly the box the camera frame was drawn into.
         """
-        if self.fit is Fit.STRETCH:
+        if self.fit in (Fit.STRETCH, Fit.ASPECT):
             return _full(self.model), _full(self.camera)
         return _aspect_crop(self.model, self.camera), _full(self.camera)
 

@@ -168,6 +168,9 @@ class StreamState:
     cross_of: torch.Tensor | None = None  # the embedding `cross` was computed from
     chunks: int = 0
     last_strength: float = 0.0
+    # The model resolution (h, w) of this stream: chosen from its first frame (`StylePipeline.stream_geometry`),
+    # kept until `reset()`; None before the first chunk.
+    model_size: tuple[int, int] | None = None
 
     @property
     def first(self) -> bool:
@@ -180,6 +183,7 @@ class StreamState:
         self.decoder.reset()
         self.kv.reset()
         self.motion.reset()
+        self.model_size = None
         self.generator.manual_seed(self.params.seed)
         self.prompt = PromptSchedule(self.prompt.target, self.params.interpolation)
 
@@ -251,8 +255,24 @@ class StylePipeline:
         return self.dit.patch_embedding.weight.device
 
     def geometry(self, camera: tuple[int, int]) -> FrameGeometry:
-        """How frames of `camera` (H, W) map to the model resolution and back (`ModelSettings.fit`)."""
-        return FrameGeometry(camera, (self.settings.height, self.settings.width), Fit(self.settings.fit))
+        """How frames of `camera` (H, W) map to the model resolution and back (`ModelSettings.fit`; under
+        `aspect` the model resolution follows the camera's aspect, see vidfx.frames)."""
+        multiple = self.autoencoder.spatial_factor * self.dit.cfg.patch_size[1]
+        return FrameGeometry.for_camera(
+            camera, (self.settings.height, self.settings.width), self.settings.fit, multiple
+        )
+
+    def stream_geometry(self, state: StreamState, camera: tuple[int, int]) -> FrameGeometry:
+        """`geometry` of one stream: its model resolution is chosen on its first chunk (from that frame's
+        size) and kept until `reset()`; the stream's KV cache is sized for that latent grid. Later frames of
+        another size map onto the same resolution (under `aspect`, stretched to it)."""
+        if state.model_size is None or state.first:
+            state.model_size = self.geometry(camera).model
+            f, (_, ph, pw) = self.autoencoder.spatial_factor, self.dit.cfg.patch_size
+            lh, lw = state.model_size[0] // f, state.model_size[1] // f
+            if (lh // ph) * (lw // pw) != state.kv.tokens_per_frame:  # another grid: a cache of its size
+                state.kv = self.dit.new_kv_cache(1, lh, lw, self.settings.window_frames, self.settings.sink_frames)
+        return FrameGeometry(camera, state.model_size, Fit(self.settings.fit))
 
     def schedule(self, steps: Sequence[int], strength: float) -> list[tuple[float, float]]:
         """(t, σ) of each step of a chunk at `strength`, read the way the model's release reads step lists."""
@@ -355,12 +375,12 @@ class StylePipeline:
         self._apply(state, state.params, pts_us)
         assert state.cross is not None
         n = self.settings.latent_frames_per_chunk
+        geometry = self.stream_geometry(state, image.shape[:2] if image is not None else size)
         if image is not None:
-            geometry = self.geometry(image.shape[:2])
             x0 = state.encoder.encode(frames_to_tensor(image[None], geometry=geometry, device=self.device)).float()
             write_context(self.dit, x0, state.cross, state.kv, state.generator, self.settings.context_sigma)
         else:
-            h, w = self.latent_hw
+            h, w = (side // self.autoencoder.spatial_factor for side in geometry.model)
             noise = torch.randn((1, self.dit.cfg.out_dim, n, h, w), generator=state.generator, device=self.device).to(
                 self.dit.patch_embedding.weight.dtype
             )
@@ -371,7 +391,7 @@ class StylePipeline:
             )  # fmt: skip
         pixels = state.decoder.decode(x0.to(self.autoencoder.param_dtype))  # the decoder tracks first/later
         state.chunks += 1
-        return tensor_to_rgb(pixels.float(), self.geometry(size))
+        return tensor_to_rgb(pixels.float(), FrameGeometry(size, geometry.model, geometry.fit))
 
     def _encode(self, request: ChunkRequest) -> _Prepared:
         st = request.state
@@ -380,7 +400,7 @@ class StylePipeline:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] != expected:
             raise ValueError(f"expected uint8 frames ({expected}, H, W, 3), got {frames.dtype} {frames.shape}")
         self._apply(st, request.params, request.pts_us)
-        geometry = self.geometry((frames.shape[1], frames.shape[2]))
+        geometry = self.stream_geometry(st, (frames.shape[1], frames.shape[2]))
         pixels = frames_to_tensor(frames, geometry=geometry, device=self.device, pinned=self.pinned_transfer)
         z = st.encoder.encode(pixels).float()  # (1, C, n, h, w)
         strength = request.params.strength

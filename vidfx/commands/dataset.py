@@ -20,6 +20,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--looks-per-clip", type=int, default=None, help="looks drawn per clip (default: all)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
     p.add_argument("--pix-fmt", default="yuv444p", help="yuv444p (exact colours) or yuv420p (plays anywhere)")
+    p.add_argument(
+        "--real-imagery",
+        action="store_true",
+        help="backgrounds mostly pictures, with the real photographs of Debian packages (scripts/setup.sh --data)",
+    )
     p.add_argument("--workers", type=int, default=2, help="clip-rendering threads")
     p.add_argument("--contact-sheet", default=None, help="PNG path (default OUT/contact_sheet.png)")
     p.add_argument("--no-contact-sheet", action="store_true")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         crf=args.crf,
         pix_fmt=args.pix_fmt,
         workers=args.workers,
+        real_imagery=args.real_imagery,
     )
     files = info.num_clips * (1 + (args.looks_per_clip or len(info.looks)))
     print(

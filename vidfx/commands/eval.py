@@ -3,6 +3,9 @@
 
 Look evaluation: every look's prompt on held-out scenes through the live pipeline, judged by the look
 classifier (default: the one shipped beside the default model): accuracy, flicker ratio, structure kept.
+`vidfx eval --model default --real-footage`: the same looks on held-out real video clips shipped in packages
+(vidfx.data.real_footage): PSNR and luma SSIM to the look's own rendering, share of the reachable gain, flicker
+against the look's own; `--grid PNG` also draws input / look / model frames.
 
 RUN is a run folder of `vidfx train teacher|student-init|dmd` (its config.toml gives the architecture and,
 for students, the chunk size; the EMA weights are used when present). Prints and writes (`--out`) JSON with
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tomllib
 from pathlib import Path
 
@@ -34,6 +38,13 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--look-frames", type=int, default=33, help="frames a scene (look evaluation)")
     p.add_argument("--look-seed", type=int, default=1001, help="scene seed (the dataset's default is 0)")
     p.add_argument("--strength", type=float, default=None, help="look evaluation strength (default: the node's)")
+    p.add_argument("--real-footage", action="store_true", help="evaluate on the held-out packaged real clips")
+    p.add_argument("--footage", default="", help="clips: FOOTAGE names or video paths, comma-separated (all)")
+    p.add_argument("--footage-frames", type=int, default=33, help="frames a clip (real footage)")
+    p.add_argument("--footage-size", type=int, default=240, help="short side the clips are read at (pixels)")
+    p.add_argument("--looks", default="", help="looks, comma-separated (default: those the model card claims)")
+    p.add_argument("--fit", default=None, help="model fit (aspect, cover, …; default: the node's)")
+    p.add_argument("--grid", default="", help="real footage: write an input / look / model picture grid here")
     p.add_argument("--videos", help="video folder with captions.jsonl; its held-out split is used")
     p.add_argument("--autoencoder")
     p.add_argument("--text", default="hash")
@@ -74,7 +85,53 @@ def run_looks(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_footage(args: argparse.Namespace) -> int:
+    from vidfx.config import ModelSettings
+    from vidfx.data.real_footage import FOOTAGE, evaluate_footage, footage_dict, footage_grid, footage_table
+    from vidfx.loading import MODEL_ALIASES, load_pipeline
+
+    settings = ModelSettings(name=args.model) if args.fit is None else ModelSettings(name=args.model, fit=args.fit)
+    pipe = load_pipeline(settings)
+    clips = [c for c in args.footage.split(",") if c] or [n for n, c in FOOTAGE.items() if c.installed]
+    if not clips:
+        raise SystemExit("vidfx eval --real-footage: no packaged clips installed (bash scripts/setup.sh --dev)")
+    meta = Path(MODEL_ALIASES.get(args.model, args.model)) / "model.json"
+    claimed = json.loads(meta.read_text()).get("looks", []) if meta.is_file() else []
+    looks = [x for x in args.looks.split(",") if x] or claimed
+    if not looks:
+        raise SystemExit("vidfx eval --real-footage: give --looks (the model claims none)")
+    scores, grid = evaluate_footage(
+        pipe,
+        clips,
+        looks,
+        args.footage_frames,
+        args.footage_size,
+        args.strength,
+        keep_frames=bool(args.grid),
+        on_score=lambda s: print(
+            f"{s.clip} {s.look}: gain {s.gain_share:.0%}, SSIM {s.ssim_luma:.3f}", file=sys.stderr
+        ),
+    )
+    print(footage_table(scores))
+    if args.grid:
+        footage_grid(grid, args.grid)
+    if args.out:
+        results = {
+            "model": args.model,
+            "fit": settings.fit,
+            "settings": {"frames": args.footage_frames, "short_side": args.footage_size, "strength": args.strength},
+            "sources": {
+                c: {"package": FOOTAGE[c].package, "licence": FOOTAGE[c].licence} for c in clips if c in FOOTAGE
+            },
+            **footage_dict(scores),
+        }
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None and args.real_footage:
+        return run_footage(args)
     if args.model is not None:
         return run_looks(args)
     if not (args.run and args.videos and args.autoencoder):

@@ -400,11 +400,14 @@ def make_clip(
     size: tuple[int, int] = (128, 128),
     fps: int = 16,
     looks: Sequence[str] | None = None,
+    pictures: tuple[str, ...] | None = None,
+    picture_share: float = 0.55,
 ) -> Clip:
-    """Clip `index` of the stream of `seed`: a pure function of its arguments."""
+    """Clip `index` of the stream of `seed`: a pure function of its arguments (`pictures`, `picture_share`: the
+    background pool, see vidfx.data.scenes.render_background)."""
     names = list(LOOKS) if looks is None else list(looks)
     rng = np.random.default_rng([seed, index])
-    src = render_source_clip(rng, num_frames, size)
+    src = render_source_clip(rng, num_frames, size, pictures, picture_share)
     look_seeds = {name: int(rng.integers(2**31 - 1)) for name in LOOKS}  # every look, so subsets agree
     styled = {name: to_uint8(LOOKS[name].filter(src.frames, look_seeds[name])) for name in names}
     look = names[int(rng.integers(len(names)))] if names else None
@@ -497,13 +500,20 @@ def write_dataset(
     pix_fmt: str = "yuv444p",
     workers: int = 2,
     progress: bool = True,
+    real_imagery: bool = False,
 ) -> DatasetInfo:
     """Writes `clips/NNNNNN_source.mp4` and `clips/NNNNNN_<look>.mp4` for each clip, and `captions.jsonl`.
 
     Each manifest line: {"file", "captions", "look" (null for sources), "clip", "source" (the clip's source
     file, so styled lines pair up with theirs), "subject", "motion"}. With `looks_per_clip`, each clip gets
-    that many looks drawn from its own seed instead of all of them.
+    that many looks drawn from its own seed instead of all of them. With `real_imagery`, backgrounds are
+    mostly (75%) pictures, drawn from a pool with the real photographs of Debian packages (`real_pictures`);
+    dataset.json lists every picture of the pool with its package, version and licence ("pictures").
     """
+    from vidfx.data.scenes import PICTURES, picture_sources, real_pictures
+
+    pictures = real_pictures() if real_imagery else None
+    picture_share = 0.75 if real_imagery else 0.55
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -517,7 +527,7 @@ def write_dataset(
         if looks_per_clip is not None and looks_per_clip < len(names):
             pick = np.random.default_rng([seed, index, 2]).choice(len(names), looks_per_clip, replace=False)
             chosen = [names[i] for i in sorted(pick)]
-        clip = make_clip(seed, index, num_frames, size, fps, chosen)
+        clip = make_clip(seed, index, num_frames, size, fps, chosen, pictures, picture_share)
         source_file = f"clips/{index:06d}_source.mp4"
         records = []
         for look in [None, *chosen]:
@@ -532,6 +542,7 @@ def write_dataset(
                     "source": source_file,
                     "subject": clip.subject,
                     "motion": clip.motion,
+                    "background": clip.background,
                 }
             )
         return records
@@ -563,6 +574,9 @@ def write_dataset(
         "looks_per_clip": looks_per_clip,
         "crf": crf,
         "pix_fmt": pix_fmt,
+        "real_imagery": real_imagery,
+        "picture_share": picture_share,
+        "pictures": picture_sources(pictures or tuple(PICTURES)),
     }
     (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     return DatasetInfo(num_clips, seed, num_frames, tuple(size), fps, tuple(names), folder / MANIFEST, seconds)

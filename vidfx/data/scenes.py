@@ -1,9 +1,11 @@
 """Source clips rendered on this machine: a still picture moved by a camera path, with objects crossing it.
 
 Pictures come only from files that ship inside installed wheels (scikit-image's bundled `skimage/data` files,
-matplotlib's `mpl-data/sample_data`), never from a download, plus procedural scenes (gradients, shapes,
-periodic patterns, fractal noise). Everything is drawn from one `numpy.random.Generator`, so a clip is a pure
-function of its seed.
+matplotlib's `mpl-data/sample_data`) and, with `real_pictures()` (`vidfx dataset --real-imagery`), real
+photographs inside Debian packages (`opencv-doc`'s sample photos: streets, buildings, rooms, fruit, animals,
+an aerial view), never from a download, plus procedural scenes (gradients, shapes, periodic patterns, fractal
+noise). Still pictures only: real video is held out for evaluation (vidfx.data.real_footage refuses it
+here). Everything is drawn from one `numpy.random.Generator`, so a clip is a pure function of its seed.
 
 Coordinates: a frame spans [-1, 1] vertically and [-aspect, aspect] horizontally ("physical" units, so that
 rotations and circles stay round); `grid_sample` wants [-1, 1] on both axes ("normalized" units).
@@ -16,6 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +27,8 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Picture:
-    package: str  # the installed package whose wheel holds the file
-    path: str  # path inside that package
+    package: str  # the installed package whose wheel holds the file; "deb:NAME" for a Debian package
+    path: str  # path inside that package (a Debian package's: the absolute installed path)
     subject: str  # what it shows, for captions
     kind: str  # "photo" (RGB), "gray" (kept gray), "texture" (gray, tinted), "map" (elevation grid)
 
@@ -55,6 +58,71 @@ PICTURES: dict[str, Picture] = {
     "topobathy": Picture("matplotlib", "mpl-data/sample_data/topobathy.npz", "a topographic map", "map"),
 }
 
+# Real photographs from Debian's opencv-doc (`scripts/setup.sh --data`), added to the pool by `real_pictures`.
+_OPENCV = "/usr/share/doc/opencv-doc/examples/data/"
+DEBIAN_PICTURES: dict[str, Picture] = {
+    name: Picture("deb:opencv-doc", _OPENCV + file, subject, kind)
+    for name, file, subject, kind in (
+        ("fruits", "fruits.jpg", "fruit on a table", "photo"),
+        ("baboon", "baboon.jpg", "the face of a baboon", "photo"),
+        ("building", "building.jpg", "a modern building behind trees", "photo"),
+        ("palace", "home.jpg", "an ornate yellow building under a blue sky", "photo"),
+        ("football", "messi5.jpg", "a football player on a pitch", "photo"),
+        ("orange", "orange.jpg", "an orange", "photo"),
+        ("apple", "apple.jpg", "an apple", "photo"),
+        ("butterfly", "butterfly.jpg", "a butterfly on a flower", "photo"),
+        ("squirrel", "squirrel_cls.jpg", "a squirrel", "photo"),
+        ("aerial", "aero1.jpg", "an aerial view of a town", "photo"),
+        ("fish", "HappyFish.jpg", "a fish", "photo"),
+        ("street", "leuvenA.jpg", "an old cobbled street with brick houses", "photo"),
+        ("graffiti", "graf1.png", "graffiti on a wall", "photo"),
+        ("toys", "rubberwhale1.png", "toys on a table", "photo"),
+        ("desk", "stuff.jpg", "a pen and small things on a desk", "photo"),
+        ("notebook", "ela_original.jpg", "a notebook with an elastic band", "photo"),
+        ("objects", "box_in_scene.png", "boxes and objects on a table", "gray"),
+    )
+}  # fmt: skip
+
+
+def real_pictures() -> tuple[str, ...]:
+    """The picture pool with real photographs: every `PICTURES` name and every `DEBIAN_PICTURES` one. Raises
+    if a Debian picture is not installed, so a dataset never silently differs between machines."""
+    missing = [p.path for p in DEBIAN_PICTURES.values() if not Path(p.path).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} packaged photos are not installed (e.g. {missing[0]}): run `bash scripts/setup.sh --data`"
+        )
+    return (*PICTURES, *DEBIAN_PICTURES)
+
+
+def picture_info(name: str) -> Picture:
+    return PICTURES[name] if name in PICTURES else DEBIAN_PICTURES[name]
+
+
+def picture_sources(names: tuple[str, ...]) -> list[dict]:
+    """The manifest of a picture pool: every file's package, its version and licence, path and subject."""
+    from importlib import metadata
+
+    from vidfx.data.real_footage import debian_package_info
+
+    out = []
+    for name in names:
+        pic = picture_info(name)
+        if pic.package.startswith("deb:"):
+            version, licence = debian_package_info(pic.package[4:])
+            package = pic.package[4:] + " (Debian)"
+        else:
+            dist = {"skimage": "scikit-image", "matplotlib": "matplotlib"}.get(pic.package, pic.package)
+            meta = metadata.metadata(dist)
+            version = meta["Version"]
+            licence = meta.get("License-Expression") or meta.get("License") or "see the wheel's metadata"
+            licence = licence.splitlines()[0][:120]
+            package = dist + " (PyPI)"
+        out.append({"name": name, "package": package, "version": version, "licence": licence, "path": pic.path,
+                    "subject": pic.subject})  # fmt: skip
+    return out
+
+
 # Named colours, so that captions can say "a red star".
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.10),
@@ -83,17 +151,22 @@ class SourceClip:
 # ------------------------------------------------------------------------------------------------ pictures
 
 
-def picture_file(name: str) -> importlib.resources.abc.Traversable:
-    pic = PICTURES[name]
+def picture_file(name: str) -> importlib.resources.abc.Traversable | Path:
+    pic = picture_info(name)
+    if pic.package.startswith("deb:"):
+        from vidfx.data.real_footage import refuse_for_training
+
+        refuse_for_training(pic.path)  # still pictures only: packaged video is held out for evaluation
+        return Path(pic.path)
     return importlib.resources.files(pic.package).joinpath(pic.path)
 
 
-@lru_cache(maxsize=len(PICTURES))
+@lru_cache(maxsize=len(PICTURES) + len(DEBIAN_PICTURES))
 def _load_picture(name: str) -> np.ndarray:
     """The picture at full resolution, (H, W, 3) float32 in [0, 1]; maps as raw elevation in [0, 1]."""
     from PIL import Image
 
-    pic = PICTURES[name]
+    pic = picture_info(name)
     with picture_file(name).open("rb") as fh:
         if pic.kind == "map":
             data = np.load(fh)
@@ -274,12 +347,16 @@ def _noise(rng: np.random.Generator, hw: tuple[int, int]) -> torch.Tensor:
     return apply_lut(t, colormap_lut(NOISE_COLORMAPS[int(rng.integers(len(NOISE_COLORMAPS)))]))
 
 
-def render_background(rng: np.random.Generator, hw: tuple[int, int]) -> tuple[torch.Tensor, str, str]:
-    """A still canvas (3, h, w) in [0, 1], its subject and its source name."""
+def render_background(
+    rng: np.random.Generator, hw: tuple[int, int], pictures: tuple[str, ...] | None = None, picture_share: float = 0.55
+) -> tuple[torch.Tensor, str, str]:
+    """A still canvas (3, h, w) in [0, 1], its subject and its source name: with probability `picture_share` a
+    picture from `pictures` (default: `PICTURES`; `real_pictures()` adds real photographs), else procedural."""
+    pool = list(PICTURES) if pictures is None else list(pictures)
     u = rng.uniform()
-    if u < 0.55:
-        name = list(PICTURES)[int(rng.integers(len(PICTURES)))]
-        pic = PICTURES[name]
+    if u < picture_share:
+        name = pool[int(rng.integers(len(pool)))]
+        pic = picture_info(name)
         img = _resize_crop(_load_picture(name), hw, rng)
         if pic.kind == "texture":
             img = img * (_gradient(rng, hw) * 0.8 + 0.35)
@@ -294,7 +371,7 @@ def render_background(rng: np.random.Generator, hw: tuple[int, int]) -> tuple[to
         ("shapes", _shapes, "colorful geometric shapes"),
         ("noise", _noise, "swirling colorful clouds"),
     ]
-    if u < 0.70:
+    if u < picture_share + 0.15 * (1 - picture_share) / 0.45:  # the procedural kinds keep their proportions
         img, subject = _pattern(rng, hw)
         return img.clamp(0, 1), subject, "procedural:pattern"
     kind, fn, subject = kinds[int(rng.choice(len(kinds), p=[0.2, 0.45, 0.35]))]
@@ -455,15 +532,22 @@ def camera_path(rng: np.random.Generator, num_frames: int) -> CameraPath:
 # ----------------------------------------------------------------------------------------------------- clips
 
 
-def render_source_clip(rng: np.random.Generator, num_frames: int, size: tuple[int, int]) -> SourceClip:
-    """One source clip: background moved by a camera path, 0-3 objects crossing the frame."""
+def render_source_clip(
+    rng: np.random.Generator,
+    num_frames: int,
+    size: tuple[int, int],
+    pictures: tuple[str, ...] | None = None,
+    picture_share: float = 0.55,
+) -> SourceClip:
+    """One source clip: background moved by a camera path, 0-3 objects crossing the frame (`render_background`
+    for `pictures` and `picture_share`)."""
     h, w = size
     aspect = w / h
     path = camera_path(rng, num_frames)
     # Canvas resolution: about one canvas pixel per output pixel at the clip's typical zoom.
     ref = float(np.exp(np.log(path.zoom).mean()))
     canvas_hw = (max(8, int(round(h / ref))), max(8, int(round(w / ref))))
-    background, subject, source = render_background(rng, canvas_hw)
+    background, subject, source = render_background(rng, canvas_hw, pictures, picture_share)
     theta = path.theta(aspect)
     grid = F.affine_grid(theta, [num_frames, 3, h, w], align_corners=False)
     frames = F.grid_sample(
