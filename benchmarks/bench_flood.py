@@ -28,6 +28,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+import vidfx.benchmarking.serve as serve_bench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,20 +44,9 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, dict]:
-    cmd = [sys.executable, "-m", "vidfx.cli", "serve", "--zmq-input", "tcp://127.0.0.1:*",
-           "--zmq-output", "tcp://127.0.0.1:*", "--zmq-control", "tcp://127.0.0.1:*", "--http-port", "0",
-           "--model-name", args.model, "--model-threads", str(args.threads), "--log-level", "warning"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFX_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 180)
-        if not line:
-            raise RuntimeError("vidfx serve exited before it was ready")
-        ev = json.loads(line)
-        if ev["event"] == "ready":
-            return proc, ev
+    return await serve_bench.start_node(
+        "--model-name", args.model, "--model-threads", str(args.threads)
+    )  # fmt: skip
 
 
 async def publisher(ctx: zmq.asyncio.Context, endpoint: str, hwm: int) -> zmq.asyncio.Socket:

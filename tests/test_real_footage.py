@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from vidfx.data.looks import stylize
-from vidfx.data.real_footage import FOOTAGE, perfect_rendering, read_footage, refuse_for_training, score_footage
+from vidfx.data.packaged import FOOTAGE, refuse_for_training
+from vidfx.data.real_footage import perfect_rendering, read_footage, score_footage
 from vidfx.frames import FrameGeometry
 
 TREE = FOOTAGE["tree"]

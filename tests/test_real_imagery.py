@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vidfx.data.looks import make_clip, write_dataset
-from vidfx.data.real_footage import FOOTAGE
+from vidfx.data.packaged import FOOTAGE
 from vidfx.data.scenes import DEBIAN_PICTURES, PICTURES, Picture, picture_file, real_pictures
 
 pytestmark = pytest.mark.skipif(

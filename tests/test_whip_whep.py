@@ -37,8 +37,9 @@ async def test_whip_publish_whep_view_delete() -> None:
         assert re.fullmatch(r"/whep/cam1/[0-9a-f]{32}", viewer.headers["Location"])
         await wait_frames(viewer.rx, 15, timeout=20)
         assert viewer.rx.pixels[-1].shape == (96, 128, 3)
-        # Stylised, not the publisher's frames echoed: the stamped counters do not read back.
-        assert sum(c is not None for c in viewer.rx.counters(3)) < 0.3 * len(viewer.rx.counters(3))
+        # Stylised, not the publisher's frames echoed: most stamped counters do not read back (the shipped model
+        # keeps the scene's layout in place, so some coarse stamps survive: see test_webrtc_offer).
+        assert sum(c is not None for c in viewer.rx.counters(3)) < 0.5 * len(viewer.rx.counters(3))
 
         # A second viewer of the same stream (each gets its own frames from the one shared output).
         viewer2 = await whep_view(node.url, "cam1")

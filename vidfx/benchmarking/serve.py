@@ -169,22 +169,31 @@ def dit_batch_cost(model: ModelSettings, rows: int, reps: int = 20) -> tuple[flo
 # -- served -----------------------------------------------------------------------------------------------------
 
 
-async def _start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, dict]:
+async def start_node(*flags: str, ready_timeout_s: float = 180.0) -> tuple[asyncio.subprocess.Process, dict]:
+    """`vidfx serve` as a subprocess on ephemeral loopback ports (ZeroMQ and HTTP), the environment's VIDFX_*
+    variables left out, this checkout first on the path; returns it with its `ready` event."""
     cmd = [sys.executable, "-m", "vidfx.cli", "serve", "--zmq-input", "tcp://127.0.0.1:*",
            "--zmq-output", "tcp://127.0.0.1:*", "--zmq-control", "tcp://127.0.0.1:*", "--http-port", "0",
-           "--model-name", args.model, "--model-threads", str(args.threads), "--model-max-batch", str(args.max_batch),
-           "--model-device", args.device, "--model-dtype", args.dtype,
-           "--stream-max-sessions", "16", "--log-level", "warning"]  # fmt: skip
+           "--log-level", "warning", *flags]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFX_")}
+    checkout = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = checkout + os.pathsep + env.get("PYTHONPATH", "")
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
     assert proc.stdout is not None
     while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        line = await asyncio.wait_for(proc.stdout.readline(), ready_timeout_s)
         if not line:
             raise RuntimeError("vidfx serve exited before it was ready")
         ev = json.loads(line)
         if ev["event"] == "ready":
             return proc, ev
+
+
+async def _start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, dict]:
+    return await start_node(
+        "--model-name", args.model, "--model-threads", str(args.threads), "--model-max-batch", str(args.max_batch),
+        "--model-device", args.device, "--model-dtype", args.dtype, "--stream-max-sessions", "16",
+    )  # fmt: skip
 
 
 async def _served_run(ev: dict, pid: int, ctx: zmq.asyncio.Context, streams: int, fps: float, seconds: float,

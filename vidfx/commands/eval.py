@@ -87,7 +87,8 @@ def run_looks(args: argparse.Namespace) -> int:
 
 def run_footage(args: argparse.Namespace) -> int:
     from vidfx.config import ModelSettings
-    from vidfx.data.real_footage import FOOTAGE, evaluate_footage, footage_dict, footage_grid, footage_table
+    from vidfx.data.packaged import FOOTAGE
+    from vidfx.data.real_footage import evaluate_footage, footage_dict, footage_grid, footage_table
     from vidfx.loading import MODEL_ALIASES, load_pipeline
 
     settings = ModelSettings(name=args.model) if args.fit is None else ModelSettings(name=args.model, fit=args.fit)

@@ -103,7 +103,7 @@ def picture_sources(names: tuple[str, ...]) -> list[dict]:
     """The manifest of a picture pool: every file's package, its version and licence, path and subject."""
     from importlib import metadata
 
-    from vidfx.data.real_footage import debian_package_info
+    from vidfx.data.packaged import debian_package_info
 
     out = []
     for name in names:
@@ -154,7 +154,7 @@ class SourceClip:
 def picture_file(name: str) -> importlib.resources.abc.Traversable | Path:
     pic = picture_info(name)
     if pic.package.startswith("deb:"):
-        from vidfx.data.real_footage import refuse_for_training
+        from vidfx.data.packaged import refuse_for_training
 
         refuse_for_training(pic.path)  # still pictures only: packaged video is held out for evaluation
         return Path(pic.path)
