@@ -1,5 +1,5 @@
-"""Real camera footage for evaluation only (the clips, `FOOTAGE`, are listed in vidfx.data.packaged), and how close a model
-comes to each look on them.
+"""Real camera footage for evaluation only (the clips, `FOOTAGE`, are listed in vidfx.data.packaged), and how
+close a model comes to each look on them.
 
 The clips (`FOOTAGE`) are the sample videos of Debian's `opencv-doc` (installed by `scripts/setup.sh --dev`):
 pedestrians on a street, a tree in the wind, an animated film. They are held out: the training set builder
