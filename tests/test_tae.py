@@ -249,7 +249,7 @@ def test_bad_checkpoints_name_the_file(tmp_path: Path, converted: tuple[Path, di
 
     pth = tmp_path / "taew2_1.pth"
     pth.write_bytes(b"not read")
-    with pytest.raises(CheckpointError, match=r"vidfx convert .*taew2_1\.pth OUT\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"vidfx convert .*taew2_1\.pth .*taew2_1\.safetensors"):
         load_tae(pth)
 
 

@@ -34,7 +34,16 @@ from vidfx.model.wan_dit import CausalDiT, DiTConfig, rope_frequencies
 from vidfx.pipeline import StylePipeline
 from vidfx.profiles import PROFILE_NAMES, PROFILES, apply_profile, detect_profile
 from vidfx.text.base import TextEncoder
-from vidfx.weights import CheckpointError, load_into, load_state_dict, select_generator, strip_wrappers
+from vidfx.weights import (
+    PICKLE_SUFFIXES,
+    CheckpointError,
+    convert_command,
+    load_into,
+    load_state_dict,
+    pickle_refused,
+    select_generator,
+    strip_wrappers,
+)
 
 log = logging.getLogger("vidfx.loading")
 
@@ -143,14 +152,14 @@ def _converted(folder: Path, stem: str, what: str, origin: str = "Wan-AI/Wan2.1-
     if st.is_file():
         return Part(what, st, "found")
     if pth.is_file():
-        return Part(what, pth, "needs convert", f"vidfx convert {pth} {st}")
+        return Part(what, pth, "needs convert", convert_command(pth))
     return Part(what, None, "missing", f"{stem}.pth from {origin}, then vidfx convert it")
 
 
 def _checkpoint(path: str, what: str) -> Part:
     p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        return Part(what, p, "needs convert", f"vidfx convert {p} {p.with_suffix('.safetensors')}")
+    if p.suffix in PICKLE_SUFFIXES:
+        return Part(what, p, "needs convert", convert_command(p))
     return Part(what, p, "found" if p.exists() else "missing")
 
 
@@ -187,9 +196,8 @@ def _require(parts: dict[str, Part]) -> None:
     """Raise on the first part that is not usable, naming the file and the fix."""
     for part in parts.values():
         if part.status == "needs convert":
-            raise CheckpointError(
-                f"{part.path}: pickled checkpoints are not loaded; convert it once with `{part.hint}`"
-            )
+            assert part.path is not None
+            raise pickle_refused(part.path)
         if part.status == "missing":
             where = part.path or f"no {part.name} file"
             raise CheckpointError(f"{where}: {part.name} not found ({part.hint})" if part.hint else f"{where}: missing")
@@ -369,22 +377,14 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
             raise CheckpointError(
                 f"{path}: neither our weights folder (model.json) nor a Wan2.1 release folder (config.json)"
             )
-    elif Path(name).suffix in (".pt", ".pth"):
-        raise CheckpointError(
-            f"{name}: pickled checkpoints are not loaded; convert it once with "
-            f"`vidfx convert {name} {Path(name).with_suffix('.safetensors')}` and pass it as --model-dit "
-            "with --model WAN_RELEASE_FOLDER"
-        )
+    elif Path(name).suffix in PICKLE_SUFFIXES:
+        raise pickle_refused(Path(name), " and pass it as --model-dit with --model WAN_RELEASE_FOLDER")
     else:
         raise ValueError(
             f"unknown model {settings.name!r}: use tiny-random, default, a weights folder or a Wan2.1 release folder"
         )
-    if settings.dit and Path(settings.dit).suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        dit = Path(settings.dit)
-        raise CheckpointError(
-            f"{dit}: pickled checkpoints are not loaded; convert it once with "
-            f"`vidfx convert {dit} {dit.with_suffix('.safetensors')}` and pass the .safetensors as --model-dit"
-        )
+    if settings.dit and Path(settings.dit).suffix in PICKLE_SUFFIXES:
+        raise pickle_refused(Path(settings.dit), " and pass the .safetensors as --model-dit")
     if (settings.dit or settings.lora) and kind != "wan-release":
         raise CheckpointError(f"{settings.name}: --model-dit / --model-lora need a Wan2.1 release folder as --model")
     profile: str | None = None

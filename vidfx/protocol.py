@@ -29,6 +29,7 @@ message is safe to send back to the client.
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,20 @@ def check_stream_id(stream: str, limits: LimitSettings) -> str:
 
 class ProtocolError(ValueError):
     """An input that breaks the protocol; the message is meant for the client that sent it."""
+
+
+def _utf8(text: str) -> bytes:
+    # Header values may carry bytes that are not UTF-8 (kept as surrogates or Latin-1 characters): compare the
+    # raw bytes rather than fail on them.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def check_token(presented: object, expected: str | None) -> bool:
+    """A secret presented in a message (the node token, a stream key) against the expected one: True when
+    `expected` is None (nothing demanded) or `presented` is exactly it (constant-time)."""
+    if expected is None:
+        return True
+    return isinstance(presented, str) and hmac.compare_digest(_utf8(presented), _utf8(expected))
 
 
 # -- msgpack with limits ---------------------------------------------------------------------------------------

@@ -28,8 +28,24 @@ DIT_SHARDS = "diffusion_pytorch_model*.safetensors"  # a Wan release's DiT; its 
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # pickled checkpoints: opened only by `vidfx convert`
+
+
 class CheckpointError(ValueError):
     """A weights file that cannot be read or does not fit the network; the message names the file."""
+
+
+def convert_command(path: Path) -> str:
+    """The command that turns the pickled checkpoint `path` into the safetensors file beside it."""
+    return f"vidfx convert {path} {path.with_suffix('.safetensors')}"
+
+
+def pickle_refused(path: Path, then: str = "") -> CheckpointError:
+    """The error for a pickled checkpoint where safetensors are expected, naming the exact command to run;
+    `then` says what to do with the converted file."""
+    return CheckpointError(
+        f"{path}: pickled checkpoints are not loaded; convert it once with `{convert_command(path)}`{then}"
+    )
 
 
 def _folder_shards(path: Path) -> list[Path]:
@@ -57,10 +73,8 @@ def shard_files(path: Path) -> list[Path]:
     """The safetensors files `load_state_dict(path)` reads (refusing pickles with the convert command)."""
     if path.is_dir():
         return _folder_shards(path)
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        raise CheckpointError(
-            f"{path}: pickled checkpoints are not loaded; convert it once with `vidfx convert {path} OUT.safetensors`"
-        )
+    if path.suffix in PICKLE_SUFFIXES:
+        raise pickle_refused(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     return [path]

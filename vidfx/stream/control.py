@@ -22,6 +22,7 @@ from vidfx.protocol import (
     ResumeOp,
     SetOp,
     StatusOp,
+    check_token,
     parse_control,
     reply_error,
     reply_ok,
@@ -29,9 +30,6 @@ from vidfx.protocol import (
 )
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import Session
-from vidfx.transport.auth import check_token
-
-__all__ = ["ControlHandler", "RateLimiter", "check_token"]
 
 
 class RateLimiter:

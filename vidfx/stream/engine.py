@@ -28,9 +28,9 @@ import numpy as np
 
 from vidfx.config import Settings
 from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
+from vidfx.protocol import check_token
 from vidfx.stream.metrics import Metrics
 from vidfx.stream.session import InputFrame, OutputFrame, Session, Sink
-from vidfx.transport.auth import check_token
 
 log = logging.getLogger("vidfx.engine")
 

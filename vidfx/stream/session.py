@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vidfx.pipeline import StreamParams, StreamState
-from vidfx.transport.auth import check_token
+from vidfx.protocol import check_token
 
 if TYPE_CHECKING:
     from vidfx.stream.engine import Engine

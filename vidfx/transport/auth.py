@@ -10,9 +10,8 @@ This module knows settings and strings only (no sockets, no aiohttp), so every t
 
 from __future__ import annotations
 
-import hmac
-
 from vidfx.config import Settings, is_loopback_address
+from vidfx.protocol import check_token
 
 MIN_TOKEN_CHARS = 16
 
@@ -42,19 +41,6 @@ def node_token(settings: Settings) -> str | None:
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(f"the token must be at least {MIN_TOKEN_CHARS} characters")
     return token
-
-
-def _utf8(text: str) -> bytes:
-    # Header values may carry bytes that are not UTF-8 (kept as surrogates or Latin-1 characters): compare the
-    # raw bytes rather than fail on them.
-    return text.encode("utf-8", "surrogatepass")
-
-
-def check_token(presented: object, expected: str | None) -> bool:
-    """True when `expected` is None (no token demanded) or `presented` is exactly it (constant-time)."""
-    if expected is None:
-        return True
-    return isinstance(presented, str) and hmac.compare_digest(_utf8(presented), _utf8(expected))
 
 
 def check_bearer(header: str | None, token: str | None) -> bool:

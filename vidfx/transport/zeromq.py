@@ -37,11 +37,12 @@ from vidfx.protocol import (
     FrameHeader,
     ProtocolError,
     check_audio_part,
+    check_token,
     frame_header,
     pack,
     parse_frame,
 )
-from vidfx.stream.control import ControlHandler, RateLimiter, check_token
+from vidfx.stream.control import ControlHandler, RateLimiter
 from vidfx.stream.engine import Engine, SessionLimitError
 from vidfx.stream.session import AudioPart, OutputFrame, Session
 
