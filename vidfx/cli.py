@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("text- or image-to-video with the streaming generator", "vidfx.commands.generate"),
     "bench": ("benchmarks (cache, autoencoder, serve)", "vidfx.commands.bench"),
     "train-autoencoder": ("train the tiny video autoencoder", "vidfx.commands.train_autoencoder"),
+    "train-refiner": ("train the detail refiner behind one of our models", "vidfx.commands.train_refiner"),
     "dataset": ("write the looks training set (mp4 + captions.jsonl)", "vidfx.commands.dataset"),
     "obs-bridge": ("a stream's stylised output as a virtual camera (OBS, video calls)", "vidfx.commands.obs_bridge"),
     "train": ("CausVid recipe: encode, teacher, ode-pairs, student-init, dmd", "vidfx.commands.train"),

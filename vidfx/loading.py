@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from vidfx.autoencoder.base import VideoAutoencoder
+from vidfx.autoencoder.refiner import DetailRefiner, load_refiner
 from vidfx.config import ModelSettings
 from vidfx.model.wan_dit import CausalDiT, DiTConfig, rope_frequencies
 from vidfx.pipeline import StylePipeline
@@ -105,9 +106,12 @@ def card_looks(meta: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(look).replace("_", " ") for look in meta.get("looks", []))
 
 
-def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder, tuple[str, ...]]:
+def _from_folder(
+    folder: Path,
+) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder, tuple[str, ...], DetailRefiner | None]:
     """Our weights folder: `model.json` ({"dit": DiTConfig fields, "text": {"kind": "hash", "config": {…}},
-    optionally "looks"/"look_prompts": what its card claims}), `dit.safetensors` and `autoencoder.safetensors`."""
+    optionally "looks"/"look_prompts": what its card claims, "refiner": its file, "settings": see `resolve`}),
+    `dit.safetensors`, `autoencoder.safetensors` and, where named, the detail refiner."""
     from vidfx.autoencoder.loading import load_autoencoder
     from vidfx.text.small import HashTextEncoder
 
@@ -122,7 +126,8 @@ def _from_folder(folder: Path) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder
     if text_meta.get("kind") != "hash":
         raise CheckpointError(f"{folder}: text encoder kind {text_meta.get('kind')!r} is not supported here yet")
     text_cfg = {"text_dim": dit.cfg.text_dim, "max_tokens": dit.cfg.text_len, **text_meta.get("config", {})}
-    return dit, ae, HashTextEncoder(**text_cfg), card_looks(meta)
+    refiner = load_refiner(folder / str(meta["refiner"])) if meta.get("refiner") else None
+    return dit, ae, HashTextEncoder(**text_cfg), card_looks(meta), refiner
 
 
 # -- Wan2.1 release folders ----------------------------------------------------------------------------------
@@ -406,7 +411,23 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
             )
         notes.append(f"profile {profile} detected from the checkpoint's name")
     effective = apply_profile(settings, PROFILES[profile]) if profile else settings
+    if kind == "weights":
+        assert path is not None
+        effective = folder_settings(effective, path, notes)
     return ResolvedModel(settings.name, path, kind, profile, effective, notes)
+
+
+def folder_settings(settings: ModelSettings, folder: Path, notes: list[str]) -> ModelSettings:
+    """`settings` with our weights folder's model.json "settings" (e.g. the resolution its refiner renders at)
+    for every field the user did not set explicitly, as a release profile's."""
+    given = json.loads((folder / "model.json").read_text()).get("settings", {})
+    unknown = set(given) - set(ModelSettings.model_fields)
+    if unknown:
+        raise CheckpointError(f"{folder}/model.json: unknown settings {sorted(unknown)}")
+    changes = {k: v for k, v in given.items() if k not in settings.model_fields_set}
+    if changes:
+        notes.append(f"{folder.name}/model.json sets {', '.join(f'{k}={v}' for k, v in changes.items())}")
+    return settings.model_copy(update=changes)
 
 
 def load_pipeline(settings: ModelSettings) -> StylePipeline:
@@ -414,15 +435,20 @@ def load_pipeline(settings: ModelSettings) -> StylePipeline:
     folder (+ `dit`, `lora`) → a ready pipeline running at its release profile's settings."""
     resolved = resolve(settings)
     looks: tuple[str, ...] = ()
+    refiner: DetailRefiner | None = None
     if resolved.kind == "tiny-random":
         dit, ae, text = _tiny_random()
     elif resolved.kind == "weights":
         assert resolved.path is not None
-        dit, ae, text, looks = _from_folder(resolved.path)
+        dit, ae, text, looks, refiner = _from_folder(resolved.path)
     else:
         assert resolved.path is not None
         dit, ae, text = _from_release(resolved.path, resolved.settings, resolved.profile)
     run = resolved.settings
     dit = dit.to(run.device, _dtype(run.dtype))
     ae = ae.to(run.device)
-    return StylePipeline(dit, ae, text, run, name=settings.name, looks=looks, profile=resolved.profile or "")
+    if refiner is not None:
+        refiner = refiner.to(run.device)
+    return StylePipeline(
+        dit, ae, text, run, name=settings.name, looks=looks, profile=resolved.profile or "", refiner=refiner
+    )

@@ -22,8 +22,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
+from vidfx.autoencoder.refiner import DetailRefiner
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk, write_context
@@ -206,6 +208,7 @@ class _Prepared:
     sigmas: list[float]
     timesteps: list[float]  # what the DiT is fed at each σ (`sampling.chunk_schedule`)
     source: torch.Tensor | None = None  # the clean input latent, for a source-conditioned DiT
+    guide: torch.Tensor | None = None  # the input frames (1, 3, T, H, W) at the model resolution, for a refiner
     x0: torch.Tensor | None = None
 
 
@@ -224,6 +227,7 @@ class StylePipeline:
         name: str = "",
         looks: tuple[str, ...] = (),
         profile: str = "",
+        refiner: DetailRefiner | None = None,
     ) -> None:
         if text.text_dim != dit.cfg.text_dim or text.max_tokens > dit.cfg.text_len:
             raise ValueError(
@@ -232,7 +236,8 @@ class StylePipeline:
             )
         if autoencoder.latent_channels != dit.cfg.out_dim:
             raise ValueError(f"autoencoder has {autoencoder.latent_channels} latent channels, DiT {dit.cfg.out_dim}")
-        s = autoencoder.spatial_factor * dit.cfg.patch_size[1]
+        self.refiner: DetailRefiner | None = refiner.eval() if refiner is not None else None
+        s = self.pixel_factor * dit.cfg.patch_size[1]
         if settings.width % s or settings.height % s:
             raise ValueError(f"model resolution {settings.width}x{settings.height} must be a multiple of {s}")
         self.dit = dit.eval()
@@ -243,12 +248,18 @@ class StylePipeline:
         self.name = name
         self.looks = looks  # prompts of the looks the model is known to render (its card's); () if unknown
         self.profile = profile  # the release profile whose sampler settings apply ("" for our own models)
-        self.latent_hw = (settings.height // autoencoder.spatial_factor, settings.width // autoencoder.spatial_factor)
+        self.latent_hw = (settings.height // self.pixel_factor, settings.width // self.pixel_factor)
         self.pinned_transfer = False  # frames through pinned host memory (CUDA; vidfx.accel sets it)
 
     # -- geometry ------------------------------------------------------------------------------------------
     def frames_per_chunk(self, first: bool) -> int:
         return self.autoencoder.frames_for_latents(self.settings.latent_frames_per_chunk, first)
+
+    @property
+    def pixel_factor(self) -> int:
+        """Model-resolution pixels per latent pixel along each side: the autoencoder's, × 2 with a refiner
+        (the autoencoder then works at half the model resolution and the refiner renders the rest)."""
+        return self.autoencoder.spatial_factor * (self.refiner.scale if self.refiner is not None else 1)
 
     @property
     def device(self) -> torch.device:
@@ -257,7 +268,7 @@ class StylePipeline:
     def geometry(self, camera: tuple[int, int]) -> FrameGeometry:
         """How frames of `camera` (H, W) map to the model resolution and back (`ModelSettings.fit`; under
         `aspect` the model resolution follows the camera's aspect, see vidfx.frames)."""
-        multiple = self.autoencoder.spatial_factor * self.dit.cfg.patch_size[1]
+        multiple = self.pixel_factor * self.dit.cfg.patch_size[1]
         return FrameGeometry.for_camera(
             camera, (self.settings.height, self.settings.width), self.settings.fit, multiple
         )
@@ -268,7 +279,7 @@ class StylePipeline:
         another size map onto the same resolution (under `aspect`, stretched to it)."""
         if state.model_size is None or state.first:
             state.model_size = self.geometry(camera).model
-            f, (_, ph, pw) = self.autoencoder.spatial_factor, self.dit.cfg.patch_size
+            f, (_, ph, pw) = self.pixel_factor, self.dit.cfg.patch_size
             lh, lw = state.model_size[0] // f, state.model_size[1] // f
             if (lh // ph) * (lw // pw) != state.kv.tokens_per_frame:  # another grid: a cache of its size
                 state.kv = self.dit.new_kv_cache(1, lh, lw, self.settings.window_frames, self.settings.sink_frames)
@@ -376,11 +387,13 @@ class StylePipeline:
         assert state.cross is not None
         n = self.settings.latent_frames_per_chunk
         geometry = self.stream_geometry(state, image.shape[:2] if image is not None else size)
+        guide = None
         if image is not None:
-            x0 = state.encoder.encode(frames_to_tensor(image[None], geometry=geometry, device=self.device)).float()
+            guide = frames_to_tensor(image[None], geometry=geometry, device=self.device)
+            x0 = state.encoder.encode(self._autoencoder_input(guide)).float()
             write_context(self.dit, x0, state.cross, state.kv, state.generator, self.settings.context_sigma)
         else:
-            h, w = (side // self.autoencoder.spatial_factor for side in geometry.model)
+            h, w = (side // self.pixel_factor for side in geometry.model)
             noise = torch.randn((1, self.dit.cfg.out_dim, n, h, w), generator=state.generator, device=self.device).to(
                 self.dit.patch_embedding.weight.dtype
             )
@@ -389,9 +402,27 @@ class StylePipeline:
                 self.dit, noise, [sg for _, sg in pairs], state.cross, state.kv, state.generator,
                 self.settings.context_sigma, timesteps=[t for t, _ in pairs],
             )  # fmt: skip
-        pixels = state.decoder.decode(x0.to(self.autoencoder.param_dtype))  # the decoder tracks first/later
+        pixels = self._refine(state.decoder.decode(x0.to(self.autoencoder.param_dtype)), guide)
         state.chunks += 1
-        return tensor_to_rgb(pixels.float(), FrameGeometry(size, geometry.model, geometry.fit))
+        return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
+
+    def _autoencoder_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames at the model resolution (1, 3, T, H, W) → what the autoencoder encodes: the same, or with a
+        refiner their 2×2 means (the refiner keeps the full frames as its guide)."""
+        if self.refiner is None:
+            return pixels
+        s = self.refiner.scale
+        return F.avg_pool3d(pixels, (1, s, s))
+
+    def _refine(self, decoded: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        """Decoded frames (1, 3, T, h, w) → float frames at the model resolution: the refiner's, given the
+        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video), or the decoded ones as they are."""
+        decoded = decoded.float()
+        if self.refiner is None:
+            return decoded
+        base = decoded[0].transpose(0, 1)  # (T, 3, h, w)
+        frames = guide[0].transpose(0, 1).to(base) if guide is not None else None
+        return self.refiner(base, frames).transpose(0, 1)[None]
 
     def _encode(self, request: ChunkRequest) -> _Prepared:
         st = request.state
@@ -402,7 +433,7 @@ class StylePipeline:
         self._apply(st, request.params, request.pts_us)
         geometry = self.stream_geometry(st, (frames.shape[1], frames.shape[2]))
         pixels = frames_to_tensor(frames, geometry=geometry, device=self.device, pinned=self.pinned_transfer)
-        z = st.encoder.encode(pixels).float()  # (1, C, n, h, w)
+        z = st.encoder.encode(self._autoencoder_input(pixels)).float()  # (1, C, n, h, w)
         strength = request.params.strength
         if request.params.motion_aware:
             strength = motion_strength(st.motion.update(pixels), request.params)
@@ -413,14 +444,15 @@ class StylePipeline:
             st.generator.manual_seed(request.params.seed)  # this chunk's draws (here and between steps) as the last's
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
         source = z if self.dit.cfg.condition_dim == self.dit.cfg.out_dim else None  # a source-conditioned DiT
-        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, [t for t, _ in pairs], source)
+        guide = pixels if self.refiner is not None else None
+        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, [t for t, _ in pairs], source, guide)
 
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
         st = p.request.state
-        pixels = st.decoder.decode(p.x0.to(self.autoencoder.param_dtype))  # (1, 3, T, h, w) in [-1, 1]
+        pixels = self._refine(st.decoder.decode(p.x0.to(self.autoencoder.param_dtype)), p.guide)  # [-1, 1]
         st.chunks += 1
-        return tensor_to_rgb(pixels.float(), p.geometry, pinned=self.pinned_transfer)
+        return tensor_to_rgb(pixels, p.geometry, pinned=self.pinned_transfer)
 
     def _denoise_batch(self, group: list[_Prepared]) -> None:
         """Few-step denoise + cache write of B streams' chunks in one forward per step.

@@ -1,0 +1,160 @@
+"""The detail refiner: what it computes, how the pipeline feeds it, how a weights folder carries it, and its
+training (data from the model's own outputs, resumable)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidfx.autoencoder.refiner import REFINER_FILE, DetailRefiner, RefinerConfig, load_refiner, save_refiner
+from vidfx.commands.train_refiner import export_with_refiner
+from vidfx.config import ModelSettings
+from vidfx.loading import MODEL_ALIASES, load_pipeline, resolve
+from vidfx.pipeline import StreamParams, StylePipeline
+from vidfx.train.refiner import build_refiner_data, load_shards, train_refiner
+from vidfx.weights import CheckpointError
+
+SMALL = RefinerConfig(channels=8, blocks=1)
+
+
+def live(cfg: RefinerConfig = SMALL, seed: int = 0) -> DetailRefiner:
+    """A refiner with every weight random (the zero head would make it the upsampled base)."""
+    torch.manual_seed(seed)
+    r = DetailRefiner(cfg).eval()
+    with torch.no_grad():
+        for p in r.parameters():
+            p.normal_(0, 0.1)
+    return r
+
+
+def test_untrained_refiner_is_the_upsampled_base_and_the_guide_matters_once_trained() -> None:
+    base = torch.rand(2, 3, 8, 12) * 2 - 1
+    guide = torch.rand(2, 3, 16, 24) * 2 - 1
+    up = F.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        fresh = DetailRefiner(SMALL).eval()
+        assert torch.equal(fresh(base, guide), up.clamp(-1, 1)) and torch.equal(fresh(base, None), up.clamp(-1, 1))
+        r = live()
+        a, b, none = r(base, guide), r(base, guide.flip(-1)), r(base, None)
+    assert a.shape == (2, 3, 16, 24)
+    assert (a - b).abs().mean() > 1e-3 and (a - none).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="guide must be"):
+        r(base, guide[..., :-2])
+
+
+def test_screen_textures_are_fixed_to_the_screen_and_scale_with_the_frame() -> None:
+    """A texture at 256 px sampled every other pixel is the texture at 128 px: periods are in 128-px units."""
+    r = live(RefinerConfig(channels=8, blocks=1, periods=(4.0, 6.0)))
+    like = torch.zeros(1)
+    with torch.no_grad():
+        big, small = r.textures((256, 352), like), r.textures((128, 176), like)
+    torch.testing.assert_close(big[:, ::2, ::2], small, atol=1e-5, rtol=0)
+    assert r.textures((128, 176), like) is small  # built once per size in inference
+
+
+def test_save_load_roundtrip_and_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    r = live(RefinerConfig(channels=8, blocks=2, periods=(3.0,)))
+    save_refiner(r, tmp_path / REFINER_FILE)
+    back = load_refiner(tmp_path / REFINER_FILE)
+    assert back.cfg == r.cfg
+    base, guide = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(back(base, guide), r(base, guide))
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a vidfx detail refiner"):
+        load_refiner(tmp_path / "other.safetensors")
+
+
+def tiny_pipe(refiner: DetailRefiner | None, size: int = 64) -> StylePipeline:
+    base = load_pipeline(ModelSettings(name="tiny-random", height=size, width=size))
+    return StylePipeline(base.dit, base.autoencoder, base.text, base.settings, name="t", refiner=refiner)
+
+
+def test_pipeline_encodes_half_resolution_and_guides_the_refiner_with_the_camera_frame() -> None:
+    r = live()
+    pipe = tiny_pipe(r)
+    assert pipe.pixel_factor == 16
+    seen: dict[str, torch.Tensor] = {}
+    encode = pipe.autoencoder.encode_raw
+    forward = r.forward
+
+    def spy_encode(frames: torch.Tensor, cache):  # type: ignore[no-untyped-def]
+        seen["encoded"] = frames
+        return encode(frames, cache)
+
+    def spy_refine(base: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        seen["base"], seen["guide"] = base, guide  # type: ignore[assignment]
+        return forward(base, guide)
+
+    pipe.autoencoder.encode_raw = spy_encode  # type: ignore[method-assign]
+    r.forward = spy_refine  # type: ignore[method-assign]
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)  # 4:3 camera, 64 px short side
+    state = pipe.new_stream_state(StreamParams())
+    out = pipe.process_chunk(state, frames)
+    assert out.shape == frames.shape
+    assert state.model_size == (64, 96)  # aspect at a multiple of 16 · 2 (patch) → 4:3 of 64 is 85 → 96
+    assert seen["encoded"].shape[-2:] == (32, 48) and seen["base"].shape[-2:] == (32, 48)
+    guide = seen["guide"]
+    assert guide is not None and guide.shape == (1, 3, 64, 96)
+    # the guide is the camera frame at the model resolution; the autoencoder saw its 2×2 means
+    torch.testing.assert_close(seen["encoded"][0, :, 0], F.avg_pool2d(guide, 2)[0])
+    assert state.kv.tokens_per_frame == (32 // 8 // 2) * (48 // 8 // 2)
+    # text-to-video: no camera frame, the refiner runs without a guide
+    gen_state = pipe.new_stream_state(StreamParams())
+    video = pipe.generate_chunk(gen_state, (48, 64))
+    assert video.shape == (1, 48, 64, 3) and seen["guide"] is None
+
+
+def test_a_weights_folder_carries_its_refiner_and_resolution(tmp_path: Path) -> None:
+    folder = Path(MODEL_ALIASES["default"])
+    if (folder / REFINER_FILE).exists():  # the shipped model already has one: strip it to get a plain folder
+        plain = tmp_path / "plain"
+        shutil.copytree(folder, plain)
+        meta = json.loads((plain / "model.json").read_text())
+        meta.pop("refiner"), meta.pop("settings")
+        (plain / "model.json").write_text(json.dumps(meta))
+        (plain / REFINER_FILE).unlink()
+        folder = plain
+    save_refiner(live(RefinerConfig(channels=8, blocks=1)), tmp_path / "r.safetensors")
+    export_with_refiner(folder, tmp_path / "r.safetensors", tmp_path / "refined")
+    resolved = resolve(ModelSettings(name=str(tmp_path / "refined")))
+    assert (resolved.settings.height, resolved.settings.width) == (256, 256)
+    assert any("model.json sets height=256" in n for n in resolved.notes)
+    pipe = load_pipeline(ModelSettings(name=str(tmp_path / "refined")))
+    assert pipe.refiner is not None and pipe.geometry((480, 640)).model == (256, 352)
+    # a size the user gives wins over the folder's
+    assert load_pipeline(ModelSettings(name=str(tmp_path / "refined"), height=128, width=128)).settings.height == 128
+    meta = json.loads((tmp_path / "refined" / "model.json").read_text())
+    (tmp_path / "refined" / "model.json").write_text(json.dumps({**meta, "settings": {"heigth": 256}}))
+    with pytest.raises(CheckpointError, match="unknown settings"):
+        resolve(ModelSettings(name=str(tmp_path / "refined")))
+
+
+def test_training_data_comes_from_the_model_and_training_resumes_exactly(tmp_path: Path) -> None:
+    pipe = tiny_pipe(None, size=32)
+    sizes = ((64, 96),)
+    build_refiner_data(pipe, tmp_path / "data", num_clips=2, looks=("thermal", "comic"), frames=5, keep=(1, 4),
+                       shard_clips=1, sizes=sizes, real_imagery=False, progress=None)  # fmt: skip
+    shards = load_shards(tmp_path / "data")
+    assert len(shards) == 2
+    s = shards[0]
+    assert s["guide"].shape == (2, 64, 96, 3) and s["target"].shape == (4, 64, 96, 3)
+    assert s["base"].shape == (4, 32, 48, 3) and s["guide_of"].tolist() == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="without a refiner"):
+        build_refiner_data(tiny_pipe(live(), size=32), tmp_path / "x", 1, progress=None)
+    kw = dict(batch=2, lr=1e-3, checkpoint_every=2, cfg=SMALL, progress=None)
+    whole = train_refiner(tmp_path / "data", tmp_path / "whole", steps=4, **kw)  # type: ignore[arg-type]
+    train_refiner(tmp_path / "data", tmp_path / "resumed", steps=2, **kw)  # type: ignore[arg-type]
+    resumed = train_refiner(tmp_path / "data", tmp_path / "resumed", steps=4, **kw)  # type: ignore[arg-type]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "whole" / "losses.csv").read_text().startswith("step,loss")

@@ -1,0 +1,74 @@
+"""`vidfx train-refiner OUT_DIR --model MODEL`: train the detail refiner of one of our models on its own outputs,
+and write MODEL with the refiner as a new weights folder (`--to`).
+
+Steps (each resumes when re-run): the samples (`OUT_DIR/data`, vidfx.train.refiner.build_refiner_data), the
+training (`OUT_DIR/checkpoints`), then `--to DEST`: the model's folder copied with `refiner.safetensors` and
+its model.json's `settings` at the refiner's resolution (2× the model's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from vidfx.autoencoder.refiner import REFINER_FILE, RefinerConfig, load_refiner, save_refiner
+from vidfx.config import ModelSettings
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="run folder: data/, checkpoints/, losses.csv (resumed when re-run)")
+    p.add_argument("--model", default="default", help="the weights folder the refiner is trained behind")
+    p.add_argument("--clips", type=int, default=420, help="source clips (each in every look)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--channels", type=int, default=RefinerConfig.channels)
+    p.add_argument("--blocks", type=int, default=RefinerConfig.blocks)
+    p.add_argument("--to", default=None, help="write the model + refiner as a weights folder here")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def export_with_refiner(model_folder: Path, refiner_file: Path, dest: Path) -> None:
+    """`model_folder` (model.json, dit, autoencoder, …) copied to `dest` with the refiner; model.json gains
+    "refiner" and the resolution it renders at ("settings": height/width, the short side 2× the model's)."""
+    refiner = load_refiner(refiner_file)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in model_folder.iterdir():
+        if f.is_file() and f.name not in (REFINER_FILE, "model.json"):
+            shutil.copy2(f, dest / f.name)
+    meta = json.loads((model_folder / "model.json").read_text())
+    base = meta.get("settings", {})
+    side = min(base.get("height", ModelSettings().height), base.get("width", ModelSettings().width))
+    meta["settings"] = {**base, "height": side * refiner.scale, "width": side * refiner.scale}
+    meta["refiner"] = REFINER_FILE
+    save_refiner(refiner, dest / REFINER_FILE)
+    (dest / "model.json").write_text(json.dumps(meta, indent=1))
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidfx.loading import load_pipeline, resolve
+    from vidfx.train.refiner import build_refiner_data, train_refiner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    pipe = load_pipeline(ModelSettings(name=args.model, device="cpu"))  # refused if it has a refiner already
+    build_refiner_data(pipe, out / "data", args.clips, seed=args.seed + 7)
+    refiner = train_refiner(
+        out / "data", out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+        cfg=RefinerConfig(channels=args.channels, blocks=args.blocks),
+    )  # fmt: skip
+    save_refiner(refiner, out / REFINER_FILE)
+    print(f"wrote {out / REFINER_FILE}")
+    if args.to:
+        folder = resolve(ModelSettings(name=args.model)).path
+        assert folder is not None
+        export_with_refiner(folder, out / REFINER_FILE, Path(args.to))
+        print(f"wrote {args.to}")
+    return 0
