@@ -46,14 +46,19 @@ def test_default_fit_keeps_the_aspect(pipes: dict[str, StylePipeline]) -> None:
     state = pipe.new_stream_state(StreamParams())
     out = pipe.process_chunk(state, frames)
     assert out.shape == frames.shape
-    assert state.model_size == (128, 176)  # the camera's 4:3 at the configured 128 px short side
-    assert state.kv.tokens_per_frame == (128 // 16) * (176 // 16)  # the stream's cache follows its grid
+    # 256 px on the short side (the shipped model's folder sets it); the long side the camera's aspect rounded
+    # to a token's 32 pixels (8× autoencoder × 2× refiner × 2 patch): 341.3 → 352 for 4:3, 455.1 → 448 for 16:9.
+    token = pipe.pixel_factor * pipe.dit.cfg.patch_size[1]
+    four_three, sixteen_nine = (256, 352), (256, 448)
+    assert (pipe.settings.height, pipe.settings.width, token) == (256, 256, 32)
+    assert state.model_size == four_three  # the camera's 4:3 at the model's short side
+    assert state.kv.tokens_per_frame == (256 // token) * (352 // token)  # the stream's cache follows its grid
     # A later chunk of the same stream keeps its resolution; a reset stream picks again from its next frame.
     pipe.process_chunk(state, np.full((pipe.frames_per_chunk(False), 240, 320, 3), 90, np.uint8))
-    assert state.model_size == (128, 176)
+    assert state.model_size == four_three
     state.reset()
     pipe.process_chunk(state, np.full((pipe.frames_per_chunk(True), 180, 320, 3), 90, np.uint8))
-    assert state.model_size == (128, 224) and state.kv.tokens_per_frame == 8 * 14
+    assert state.model_size == sixteen_nine and state.kv.tokens_per_frame == (256 // token) * (448 // token)
 
 
 def _scene(h: int, w: int, n: int, with_object: bool) -> np.ndarray:

@@ -39,7 +39,10 @@ def pipe():  # type: ignore[no-untyped-def]
 def test_default_is_the_shipped_model_within_budget(pipe) -> None:  # type: ignore[no-untyped-def]
     assert ModelSettings().name == "default" and WEIGHTS.is_dir()
     names = {p.name for p in WEIGHTS.iterdir()}
-    assert {"model.json", "dit.safetensors", "autoencoder.safetensors", "MODEL_CARD.md"} <= names
+    assert {"model.json", "dit.safetensors", "autoencoder.safetensors", "refiner.safetensors", "MODEL_CARD.md"} <= names
+    # 256 px on the short side: the DiT and autoencoder at 128, the detail refiner renders the rest
+    assert (pipe.settings.height, pipe.settings.width) == (256, 256) and pipe.refiner is not None
+    assert pipe.geometry((480, 640)).model == (256, 352)
     assert sum(p.stat().st_size for p in WEIGHTS.iterdir()) <= 40 * MiB
     by_path = load_pipeline(ModelSettings(name=str(WEIGHTS)))  # the loader that takes Wan/CausVid folders
     for name, value in pipe.dit.state_dict().items():

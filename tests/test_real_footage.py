@@ -77,7 +77,7 @@ def test_eval_real_footage_runs_on_a_short_clip(tmp_path: Path) -> None:
     assert results["fit"] == "aspect" and results["sources"]["tree"]["package"] == "opencv-doc"
     assert [r["look"] for r in results["looks"]] == ["thermal", "vintage_sepia"]
     for clip in results["clips"]:
-        assert clip["camera"] == [120, 160] and clip["model"] == [128, 176]  # 4:3 at the model's short side
+        assert clip["camera"] == [120, 160] and clip["model"] == [256, 352]  # 4:3 at the model's short side
         # The shipped model moves the input towards the look, short of the perfect model, without runaway flicker.
         assert clip["psnr_input"] < clip["psnr"] < clip["psnr_perfect"]
         assert 0.0 < clip["gain_share"] < 1.0 and 0.0 < clip["ssim_luma"] <= 1.0

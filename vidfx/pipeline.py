@@ -236,12 +236,12 @@ class StylePipeline:
             )
         if autoencoder.latent_channels != dit.cfg.out_dim:
             raise ValueError(f"autoencoder has {autoencoder.latent_channels} latent channels, DiT {dit.cfg.out_dim}")
+        self.dit = dit.eval()
+        self.autoencoder = autoencoder.eval()
         self.refiner: DetailRefiner | None = refiner.eval() if refiner is not None else None
         s = self.pixel_factor * dit.cfg.patch_size[1]
         if settings.width % s or settings.height % s:
             raise ValueError(f"model resolution {settings.width}x{settings.height} must be a multiple of {s}")
-        self.dit = dit.eval()
-        self.autoencoder = autoencoder.eval()
         self.text = text
         self.embeddings = PromptEmbeddings(text, capacity=256)
         self.settings = settings

@@ -23,11 +23,14 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="run folder: data/, checkpoints/, losses.csv (resumed when re-run)")
     p.add_argument("--model", default="default", help="the weights folder the refiner is trained behind")
     p.add_argument("--clips", type=int, default=420, help="source clips (each in every look)")
+    p.add_argument("--data", default=None, help="the samples' folder (default: OUT_DIR/data; built if missing)")
     p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4, help="pairs of successive frames a step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--channels", type=int, default=RefinerConfig.channels)
     p.add_argument("--blocks", type=int, default=RefinerConfig.blocks)
+    p.add_argument("--temporal-weight", type=float, default=2.0, help="weight of the coarse-change term")
+    p.add_argument("--init", default=None, help="start from these refiner weights (a fine-tune)")
     p.add_argument("--to", default=None, help="write the model + refiner as a weights folder here")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -59,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     pipe = load_pipeline(ModelSettings(name=args.model, device="cpu"))  # refused if it has a refiner already
-    build_refiner_data(pipe, out / "data", args.clips, seed=args.seed + 7)
+    data = Path(args.data) if args.data else out / "data"
+    build_refiner_data(pipe, data, args.clips, seed=args.seed + 7)
     refiner = train_refiner(
-        out / "data", out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-        cfg=RefinerConfig(channels=args.channels, blocks=args.blocks),
+        data, out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+        temporal_weight=args.temporal_weight, cfg=RefinerConfig(channels=args.channels, blocks=args.blocks),
+        init=args.init,
     )  # fmt: skip
     save_refiner(refiner, out / REFINER_FILE)
     print(f"wrote {out / REFINER_FILE}")

@@ -15,9 +15,11 @@ input, the clip's frame at 256 px its `guide`, the look rendered at 256 px its `
 to fix what this DiT actually gets wrong. A shard holds `shard_clips` clips of one size; `manifest.json`
 lists the settings and every picture's source and licence.
 
-*Training.* L1 + edge L1 (`reconstruction_loss`: image gradients are where pencil strokes and faces live),
-AdamW with warm-up and cosine decay, batches drawn from one shard at a time (one size) by (seed, step), no
-guide for a tenth of the batches (text-to-video). Checkpoints as every vidfx run (vidfx.train.checkpoint).
+*Training.* L1 + edge L1 (`reconstruction_loss`: image gradients are where pencil strokes and faces live) +
+a temporal term on pairs of successive kept frames (`temporal_loss`: the output's coarse change from one to
+the next must be the look's, not the DiT's chunk-to-chunk jumps), AdamW with warm-up and cosine decay, batches
+drawn from one shard at a time (one size) by (seed, step), no guide for a tenth of the batches
+(text-to-video). Checkpoints as every vidfx run (vidfx.train.checkpoint).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from vidfx.autoencoder.refiner import DetailRefiner, RefinerConfig
+from vidfx.autoencoder.refiner import DetailRefiner, RefinerConfig, load_refiner
 from vidfx.autoencoder.train import lr_at, reconstruction_loss
 from vidfx.config import StreamSettings
 from vidfx.data.looks import LOOKS, make_clip
@@ -140,33 +142,50 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def sample_batch(
     shards: Sequence[dict[str, torch.Tensor]], batch: int, seed: int, step: int, guide_dropout: float
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(base, guide or None, target) of step `step`: a pure function of (seed, step)."""
+    """(base, guide or None, target) of step `step`, a pure function of (seed, step): `batch` pairs of
+    successive kept frames of one clip in one look, the earlier frames first, then the later ones (2·batch)."""
     rng = np.random.default_rng([seed, step])
     shard = shards[int(rng.integers(len(shards)))]
-    idx = torch.from_numpy(rng.integers(len(shard["target"]), size=batch))
-    guide = None if rng.random() < guide_dropout else _unit(shard["guide"][shard["guide_of"][idx]])
+    guide_of = shard["guide_of"]
+    # sample i+1 is the next kept frame of sample i's clip and look exactly where its guide is the next one
+    starts = torch.nonzero(guide_of[1:] == guide_of[:-1] + 1)[:, 0]
+    first = starts[torch.from_numpy(rng.integers(len(starts), size=batch))]
+    idx = torch.cat([first, first + 1])
+    guide = None if rng.random() < guide_dropout else _unit(shard["guide"][guide_of[idx]])
     return _unit(shard["base"][idx]), guide, _unit(shard["target"][idx])
+
+
+def temporal_loss(output: torch.Tensor, target: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """L1 between the output's and the target's change from the earlier to the later frame of each pair
+    (`sample_batch`'s layout), in `block`×`block` means: the coarse change the flicker measure counts. The
+    base frames jump where the DiT's chunks do; this term teaches the refiner to change only as the look does."""
+    n = output.shape[0] // 2
+    change = (output[n:] - output[:n]) - (target[n:] - target[:n])
+    return F.avg_pool2d(change, block).abs().mean()
 
 
 def train_refiner(
     data: str | Path,
     run_dir: str | Path,
     steps: int = 4000,
-    batch: int = 8,
+    batch: int = 4,
     lr: float = 2e-3,
     seed: int = 0,
     guide_dropout: float = 0.1,
     edge_weight: float = 0.5,
+    temporal_weight: float = 2.0,
     checkpoint_every: int = 250,
     cfg: RefinerConfig | None = None,
+    init: str | Path | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> DetailRefiner:
-    """Train (or resume) a refiner on `data`'s shards (module docstring); returns it in eval mode."""
+    """Train (or resume) a refiner on `data`'s shards (module docstring); returns it in eval mode. `batch`
+    pairs of frames a step; `init`: start from these refiner weights (their configuration wins over `cfg`)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shards = load_shards(data)
     torch.manual_seed(seed)
-    refiner = DetailRefiner(cfg or RefinerConfig())
+    refiner = load_refiner(init).train() if init else DetailRefiner(cfg or RefinerConfig())
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.0)
     dist = Dist()
     done, history = 0, []
@@ -180,7 +199,8 @@ def train_refiner(
         for group in opt.param_groups:
             group["lr"] = lr_at(done, steps, lr, warmup_steps=100, min_lr_ratio=0.05)
         base, guide, target = sample_batch(shards, batch, seed, done, guide_dropout)
-        loss = reconstruction_loss(refiner(base, guide), target, edge_weight)
+        output = refiner(base, guide)
+        loss = reconstruction_loss(output, target, edge_weight) + temporal_weight * temporal_loss(output, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
