@@ -8,8 +8,10 @@ blocking chunk-processing API for the engine's worker thread.
 One chunk: pixels → resize to the model resolution → causal encode (the stream's `StreamEncoder`) → noise to
 the strength's σ with the stream's generator → few-step denoise against the stream's rolling KV cache and the
 prompt's cross-attention cache (`generation.denoise_chunk`, or the batched form below for several streams)
-→ causal decode → resize back to the input size. A stream's first chunk holds 1 + k·(n−1) frames, every
-later one k·n (k = the autoencoder's temporal factor, n = latent frames per chunk): `frames_per_chunk`.
+→ causal decode → (a model with a detail refiner: the decoded frames at 2× with the input frames as guide, the
+autoencoder having encoded their 2×2 means) → resize back to the input size. A stream's first chunk holds
+1 + k·(n−1) frames, every later one k·n (k = the autoencoder's temporal factor, n = latent frames per
+chunk): `frames_per_chunk`.
 
 Nothing here knows about asyncio, sockets or sessions; the engine owns threads and time.
 """
@@ -257,8 +259,9 @@ class StylePipeline:
 
     @property
     def pixel_factor(self) -> int:
-        """Model-resolution pixels per latent pixel along each side: the autoencoder's, × 2 with a refiner
-        (the autoencoder then works at half the model resolution and the refiner renders the rest)."""
+        """Model-resolution pixels per latent pixel along each side: the autoencoder's, × the refiner's scale
+        where there is one (the autoencoder then works at a fraction of the model resolution, the refiner
+        renders the rest)."""
         return self.autoencoder.spatial_factor * (self.refiner.scale if self.refiner is not None else 1)
 
     @property
