@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from tests.conftest import randomized_dit
 from tests.serve_harness import make_video
 from vidfx.autoencoder.loading import save_autoencoder
+from vidfx.autoencoder.refiner import REFINER_FILE, save_refiner
 from vidfx.config import (
     LimitSettings,
     ModelSettings,
@@ -310,11 +311,16 @@ def test_weights_folder_loads_the_same_model(pipe, tmp_path):
     save_file({k: v.contiguous() for k, v in pipe.dit.state_dict().items()}, str(tmp_path / "dit.safetensors"))
     save_autoencoder(pipe.autoencoder, tmp_path / "autoencoder.safetensors")
     cfg = pipe.dit.cfg
-    (tmp_path / "model.json").write_text(json.dumps({"dit": {
+    meta: dict = {"dit": {
         k: getattr(cfg, k)
         for k in ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "in_dim", "num_heads", "num_layers")
-    }}))  # fmt: skip
+    }}  # fmt: skip
+    if pipe.refiner is not None:  # the shipped default's: its file and the resolution it renders at
+        save_refiner(pipe.refiner, tmp_path / REFINER_FILE)
+        meta |= {"refiner": REFINER_FILE, "settings": {"height": pipe.settings.height, "width": pipe.settings.width}}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
     loaded = load_pipeline(ModelSettings(name=str(tmp_path)))
+    assert (loaded.refiner is None) == (pipe.refiner is None)
     video = make_video(5)
     a, b = pipe.new_stream_state(StreamParams()), loaded.new_stream_state(StreamParams())
     for c in chunks_of(video):
