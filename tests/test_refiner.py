@@ -159,3 +159,41 @@ def test_training_data_comes_from_the_model_and_training_resumes_exactly(tmp_pat
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "whole" / "losses.csv").read_text().startswith("step,loss")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.6])
+def test_refiner_base_is_the_running_blend_of_the_decoded_frames(smoothing: float) -> None:
+    """b_t = a·b_{t−1} + (1 − a)·d_t over a stream's decoded frames d (a = `refiner_smoothing`), the first as
+    it is; `reset()` starts the blend again."""
+    r = live()
+    base = load_pipeline(ModelSettings(name="tiny-random", height=64, width=64, refiner_smoothing=smoothing))
+    pipe = StylePipeline(base.dit, base.autoencoder, base.text, base.settings, refiner=r)
+    decoded: list[torch.Tensor] = []
+    bases: list[torch.Tensor] = []
+    forward = r.forward
+
+    def spy(b: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        bases.extend(b)
+        return forward(b, guide)
+
+    r.forward = spy  # type: ignore[method-assign]
+    state = pipe.new_stream_state(StreamParams())
+    decode = state.decoder.decode
+    state.decoder.decode = lambda z: _record(decode, z, decoded)  # type: ignore[method-assign]
+    frames = np.random.default_rng(1).integers(0, 256, (9, 48, 64, 3), dtype=np.uint8)
+    pipe.process_chunk(state, frames[:1])
+    pipe.process_chunk(state, frames[1:5])
+    expected = [decoded[0].float()]
+    for d in decoded[1:]:
+        expected.append(smoothing * expected[-1] + (1 - smoothing) * d.float())
+    assert len(bases) == len(decoded) == 5
+    for got, want in zip(bases, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    state.reset()
+    assert state.refiner_base is None
+
+
+def _record(decode, z: torch.Tensor, into: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    out = decode(z)
+    into.extend(out[0].transpose(0, 1))
+    return out

@@ -63,6 +63,11 @@ class ModelSettings(_Section):
         True, description="draw every chunk's noise from the seed afresh (same noise each chunk: steadier output)"
     )
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
+    refiner_smoothing: float = Field(
+        0.75, ge=0.0, lt=1.0,
+        description="a detail refiner's base: each decoded frame blended with the last one's blend by this weight "
+        "(steadies the DiT's chunk-to-chunk changes; detail and motion come from the camera frame)",
+    )  # fmt: skip
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores but one, for the I/O loop)")

