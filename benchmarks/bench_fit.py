@@ -46,17 +46,28 @@ def stream_fps(pipe: StylePipeline, clip: np.ndarray, chunks: int) -> float:
     return chunks * k / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="default")
+def speed_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags the live-speed benchmarks share (this one and bench_models.py)."""
     p.add_argument("--camera", default="480x640", help="HEIGHTxWIDTH")
     p.add_argument("--chunks", type=int, default=24)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="")
-    args = p.parse_args()
+
+
+def camera_of(args: argparse.Namespace) -> tuple[int, int]:
+    """`--camera HxW` as (H, W); also sets the torch threads of `--threads`."""
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.camera.lower().split("x"))
+    return h, w
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    speed_arguments(p)
+    args = p.parse_args()
+    h, w = camera_of(args)
     pipes = {fit: load_pipeline(ModelSettings(name=args.model, fit=fit)) for fit in ("aspect", "cover")}
     clip = moving_clip(
         pipes["aspect"].frames_per_chunk(True) + args.chunks * pipes["aspect"].frames_per_chunk(False), h, w

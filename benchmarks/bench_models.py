@@ -17,8 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
-from bench_fit import moving_clip, stream_fps  # this folder (run as a script)
+from bench_fit import camera_of, moving_clip, speed_arguments, stream_fps  # this folder (run as a script)
 
 from vidfx.config import ModelSettings
 from vidfx.loading import load_pipeline
@@ -27,14 +26,9 @@ from vidfx.loading import load_pipeline
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", required=True, metavar="LABEL=MODEL[:DTYPE]")
-    p.add_argument("--camera", default="480x640", help="HEIGHTxWIDTH")
-    p.add_argument("--chunks", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="")
+    speed_arguments(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    h, w = (int(v) for v in args.camera.lower().split("x"))
+    h, w = camera_of(args)
     pipes = {}
     for item in args.models:
         label, _, spec = item.partition("=")
