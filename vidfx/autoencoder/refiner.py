@@ -5,21 +5,23 @@ Why it exists: the embedded model's DiT and autoencoder work at 128 px on the sh
 keeps them real-time, and everything finer than a latent pixel (8×8 pixels) is lost in between — faces became
 grey blurs. The refiner gets the decoded frame (the look, the layout: what the DiT generated) and the camera
 frame it came from at 2× that resolution (the detail the latents cannot carry) and returns the frame in the
-look at 2× resolution. It is per frame and has no state: no cache, nothing to reset.
+look at 2× resolution. It is per frame and has no state of its own (the pipeline feeds it a running blend of a
+stream's decoded frames: `ModelSettings.refiner_smoothing`).
 
     refiner = DetailRefiner(RefinerConfig())
     out = refiner(base, guide)   # base (N, 3, h, w), guide (N, 3, 2h, 2w) or None, both in [-1, 1]
                                  # → (N, 3, 2h, 2w) in [-1, 1]
 
-Architecture (cost ≈ 13k multiply-adds per output pixel, most of it at half resolution):
+Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the base's resolution):
 * the guide is pixel-unshuffled to the base's grid (12 channels), stacked with the base and a "has a guide"
   channel (text-to-video has no camera frame: zeros and 0 there, as trained on 10% of samples);
 * a 3×3 convolution, then `blocks` residual blocks (5×5 depthwise, 1×1, ReLU) at the base's resolution;
 * a 1×1 head gives 12 sub-pixel channels (pixel-shuffled: the full-resolution colour, added to the bilinearly
-  upsampled base) and `len(periods)·8` amplitudes of fixed screen-space waves;
-* the waves: sin/cos of the pixel position along x, y, x+y and x−y at `periods` (in pixels of a 128-pixel short
-  side, scaled with the frame) — a convolution cannot place a texture fixed to the screen (hatching, halftone
-  dots, scanlines), it can say how strongly one shows here; the output is colour · (1 + Σ amplitude · wave).
+  upsampled base) and one amplitude map per learnt screen texture (`textures`);
+* a texture is a learnt mixture of fixed waves: sin/cos of the pixel position along x, y, x+y and x−y at
+  `periods` (in pixels of a 128-pixel short side, scaled with the frame) — a convolution cannot place a
+  pattern fixed to the screen (hatching, halftone dots, scanlines), it can say how strongly one shows here;
+  the output is colour · (1 + Σ amplitude · texture).
 """
 
 from __future__ import annotations
@@ -103,14 +105,16 @@ class DetailRefiner(nn.Module):
     def textures(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         """The learnt screen textures of an output size (textures, H, W): mixed from the waves on every call
         while training, built once per size when not (the mixing is then fixed)."""
-        mix = lambda: torch.einsum("tk,khw->thw", self.mixing.to(like.dtype), self.waves(hw, like))  # noqa: E731
         if self.training or torch.is_grad_enabled():
             self._textures.clear()
-            return mix()
+            return self._mix(hw, like)
         key = (hw[0], hw[1], like.dtype, like.device)
         if key not in self._textures:
-            self._textures[key] = mix()
+            self._textures[key] = self._mix(hw, like)
         return self._textures[key]
+
+    def _mix(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("tk,khw->thw", self.mixing.to(like.dtype), self.waves(hw, like))
 
     def forward(self, base: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         """base (N, 3, h, w), guide (N, 3, s·h, s·w) or None, in [-1, 1] → (N, 3, s·h, s·w) in [-1, 1]."""
