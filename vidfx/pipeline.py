@@ -409,6 +409,8 @@ class StylePipeline:
                 self.settings.context_sigma, timesteps=[t for t, _ in pairs],
             )  # fmt: skip
         pixels = self._refine(state, state.decoder.decode(x0.to(self.autoencoder.param_dtype)), guide)
+        if image is not None:  # the image is the stream's context, not a frame of the look: no blend carries it on
+            state.refiner_base = None
         state.chunks += 1
         return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
 
