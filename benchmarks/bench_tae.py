@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from bench_autoencoder import sync  # this folder (run as a script)
 
 from vidfx.autoencoder import VideoAutoencoder, build_autoencoder
 from vidfx.benchmarking.results import cpu_name, update_section
@@ -41,11 +42,6 @@ class Timing:
     @property
     def median(self) -> float:
         return statistics.median(self.ms_per_frame)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_decode(ae: VideoAutoencoder, name: str, h: int, w: int, latents: int, chunks: int) -> Timing:

@@ -28,13 +28,7 @@ MANIFEST = Path(__file__).parent / "data" / "wan_manifest.json"
 TOL = 1e-4  # fp32 max abs error, streaming vs whole clip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Many tiny convolutions: two threads only add synchronisation (and the CI box has two cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

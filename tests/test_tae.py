@@ -3,7 +3,7 @@ independent whole-clip implementation of the official algorithm (madebyollin/tae
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,12 +33,7 @@ TEST_ENCODER = 8  # the miniature's widths (the official: 64 and 256, 128, 64, 6
 TEST_DECODER = (16, 12, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- the official checkpoint's layout, written down from taehv.py's two nn.Sequential --------------------------

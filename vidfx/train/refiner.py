@@ -28,6 +28,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,7 @@ def train_refiner(
             start, window = time.perf_counter(), []
         if done % checkpoint_every == 0 or done == steps:
             save_checkpoint(run, done, dist, {"refiner": refiner}, {}, {"refiner": (refiner, opt)},
-                            {"history": history, "config": json.dumps(refiner.cfg.__dict__)})  # fmt: skip
+                            {"history": history, "config": json.dumps(asdict(refiner.cfg))})  # fmt: skip
             with open(run / "losses.csv", "w", newline="") as f:
                 csv.writer(f).writerows([["step", "loss"], *history])
     return refiner.eval()
