@@ -43,6 +43,7 @@ from vidfx.sampling import chunk_sigmas, noise_to, velocity_to_x0
 
 HEADING = "## GPU: the 1.3B causal generator, video-to-video (issue 21)"
 GOAL_FPS, GOAL_FIRST_FRAME_MS = 50.0, 300.0  # issue 21, at 480×832 on one H100/H200
+GOAL_T2V_FPS = 25.0  # issue 21: the Self-Forcing profile's 4-step text-to-video
 
 # Decoders by name: their `build_autoencoder` presets at full size and for smoke runs. The Wan VAE always
 # encodes; a row's decoder decodes (as `--model-decoder tae` serves it).
@@ -57,27 +58,28 @@ class Row:
     decoder: str = "wan"
     sessions: int = 1  # streams whose chunks share every forward (the pipeline's batched sessions)
     decode_stream: bool = False  # decode chunk j on its own CUDA stream while chunk j+1 is encoded and denoised
+    text_to_video: bool = False  # no camera: each chunk from noise through `--t2v-steps` (no upload, no encode)
     cuda_only: bool = False
     note: str = ""
 
 
 _EAGER = AccelSettings(pinned_transfer=False)  # bf16 weights, fp32 islands, PyTorch's SDPA choice, no compile
+_ALL = _EAGER.model_copy(update={"cuda_graphs": True, "pinned_transfer": True})
+# Rows that compile come last: under a time budget (`--budget-s`) the cheap rows are measured whatever happens.
 ROWS: dict[str, Row] = {
     "eager": Row(_EAGER, note="baseline: eager, model dtype with fp32 islands"),
     "sdpa-flash": Row(_EAGER.model_copy(update={"sdpa_backend": "flash"})),
     "sdpa-cudnn": Row(_EAGER.model_copy(update={"sdpa_backend": "cudnn"}), cuda_only=True),
-    "compile": Row(_EAGER.model_copy(update={"compile": True}), note="torch.compile of the blocks"),
-    "cuda-graphs": Row(_EAGER.model_copy(update={"cuda_graphs": True}), cuda_only=True, note="compiled + graphs"),
     "pinned": Row(_EAGER.model_copy(update={"pinned_transfer": True}), cuda_only=True),
     "decode-stream": Row(_EAGER, decode_stream=True, cuda_only=True),
     "sessions-2": Row(_EAGER, sessions=2, note="2 streams in one forward; FPS of both"),
     "tae-decoder": Row(_EAGER, decoder="tae", note="tiny decoder (TAEHV) instead of the Wan VAE's"),
-    "all": Row(
-        _EAGER.model_copy(update={"cuda_graphs": True, "pinned_transfer": True}),
-        decode_stream=True,
-        cuda_only=True,
-        note="cuda graphs + pinned + decode stream",
-    ),
+    "t2v": Row(_EAGER, text_to_video=True, note="text-to-video, the few-step list from noise (Self-Forcing: 4)"),
+    "compile": Row(_EAGER.model_copy(update={"compile": True}), note="torch.compile of the blocks"),
+    "cuda-graphs": Row(_EAGER.model_copy(update={"cuda_graphs": True}), cuda_only=True, note="compiled + graphs"),
+    "all": Row(_ALL, decode_stream=True, cuda_only=True, note="cuda graphs + pinned + decode stream"),
+    "all-tae": Row(_ALL, decoder="tae", decode_stream=True, cuda_only=True, note="all + tiny decoder"),
+    "t2v-all": Row(_ALL, text_to_video=True, decode_stream=True, cuda_only=True, note="text-to-video, all"),
 }
 
 
@@ -171,7 +173,7 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
     sf = encoder_ae.spatial_factor
     lh, lw = height // sf, width // sf
     n_lat = args.chunk_latents
-    sigmas = chunk_sigmas(args.steps, args.strength)
+    sigmas = chunk_sigmas(args.t2v_steps, 1.0) if row.text_to_video else chunk_sigmas(args.steps, args.strength)
     b = row.sessions
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, (b, 4 * n_lat, height, width, 3), dtype=np.uint8)
@@ -190,14 +192,17 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
         )
 
     def denoise(st: Stream, clock: StageClock) -> torch.Tensor:
-        frames = encoder_ae.frames_for_latents(n_lat, st.chunks == 0)
         clock.mark("start")
-        pixels = torch.cat([frames_to_tensor(video[i, :frames], device=device, pinned=pinned) for i in range(b)])
-        clock.mark("upload")
-        z = st.encoder.encode(pixels).float()
-        clock.mark("encode")
-        noise = torch.randn(z.shape, generator=gen, device=device)
-        x = noise_to(z, noise, sigmas[0]).to(out_dtype)
+        if row.text_to_video:
+            shape = (b, encoder_ae.latent_channels, n_lat, lh, lw)
+            x = torch.randn(shape, generator=gen, device=device).to(out_dtype)
+        else:
+            frames = encoder_ae.frames_for_latents(n_lat, st.chunks == 0)
+            pixels = torch.cat([frames_to_tensor(video[i, :frames], device=device, pinned=pinned) for i in range(b)])
+            clock.mark("upload")
+            z = st.encoder.encode(pixels).float()
+            clock.mark("encode")
+            x = noise_to(z, torch.randn(z.shape, generator=gen, device=device), sigmas[0]).to(out_dtype)
         x0 = x.float()
         for i, sigma in enumerate(sigmas):
             t = torch.full((b,), 1000.0 * sigma, device=device)
@@ -259,7 +264,8 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
     decode(st, x0, clock)  # its frames are on the host when this returns
     first_ms = (time.perf_counter() - start) * 1e3
     clock.elapsed()
-    capture_wait_ms = 1e3 * (encoder_ae.frames_for_latents(n_lat, True) - 1) / args.camera_fps
+    capture_frames = 0 if row.text_to_video else encoder_ae.frames_for_latents(n_lat, True) - 1
+    capture_wait_ms = 1e3 * capture_frames / args.camera_fps
     # Timed chunks of the same stream, past its fill-up (the cache window full), as the node runs them.
     for _ in range(warm_chunks - 1):
         chunk_pipelined(st, StageClock(device), pending)
@@ -350,12 +356,16 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
         for name in {ROWS[r].decoder for r in [*args.rows, *args.other_size_rows]}
     }
     for k, size in enumerate(args.sizes):
+        budget_s = args.budget_s[min(k, len(args.budget_s) - 1)]
+        deadline = time.monotonic() + budget_s
         for name in args.rows if k == 0 or not args.other_size_rows else args.other_size_rows:
             row = ROWS[name]
             m = Measured(row=name, size=size)
             decoder = decoders[row.decoder]
             if row.cuda_only and device.type != "cuda":
                 m.skipped = "needs CUDA"
+            elif time.monotonic() > deadline:
+                m.skipped = f"over this size's {budget_s:.0f} s budget"
             if m.skipped:
                 results.append(m)
                 print(f"{size} {name}: skipped ({m.skipped})", file=sys.stderr)
@@ -366,8 +376,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
             with torch.no_grad():
                 try:
                     m = run_row(name, row, args, size, dit, encoder_ae, decoder)
-                except (RuntimeError, torch.OutOfMemoryError) as exc:  # e.g. a restricted SDPA backend that cannot run
-                    m.skipped = f"failed: {str(exc).splitlines()[0][:120]}"
+                except Exception as exc:  # a row that cannot run (a restricted SDPA backend, a compile error)
+                    m.skipped = f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
             results.append(m)
             print(f"{size} {name}: {m}", file=sys.stderr)
             if args.json:  # after every row: a run cut short still leaves what it measured
@@ -391,7 +401,9 @@ def report(results: list[Measured], bounds: dict, args: argparse.Namespace) -> s
         f"({4 * args.chunk_latents} video frames), {steps} denoising forwards + the cache write (steps "
         f"{list(args.steps)} at strength {args.strength}), cache of {args.sink} sink + {args.window} window latent "
         f"frames, {args.chunks} timed chunks after the stream's cache is full. Goal at 480×832: ≥ {GOAL_FPS:.0f} FPS, "
-        f"first frame < {GOAL_FIRST_FRAME_MS:.0f} ms (its capture wait at {args.camera_fps:.0f} FPS included).",
+        f"first frame < {GOAL_FIRST_FRAME_MS:.0f} ms (its capture wait at {args.camera_fps:.0f} FPS included). "
+        f"Text-to-video rows (`t2v…`) denoise each chunk from noise in {len(args.t2v_steps)} forwards "
+        f"({list(args.t2v_steps)}) + the cache write; goal ≥ {GOAL_T2V_FPS:.0f} FPS.",
         "",
         "| size | row | FPS | × eager | first chunk ms (first frame) | upload | encode | DiT forwards | cache write "
         "| decode | download | peak VRAM GiB | note |",
@@ -495,7 +507,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink", type=int, default=1, help="sink latent frames")
     p.add_argument("--steps", type=int, nargs="+", default=[1000, 757, 522], help="few-step list (0..1000 grid)")
     p.add_argument("--strength", type=float, default=0.7, help="video-to-video strength (0.7: 2 forwards)")
+    p.add_argument("--t2v-steps", type=int, nargs="+", default=[1000, 750, 500, 250], help="text-to-video rows")
     p.add_argument("--chunks", type=int, default=6, help="timed chunks per row")
+    p.add_argument(
+        "--budget-s", type=float, nargs="+", default=[float("inf")], help="per size: start no row after this many s"
+    )
     p.add_argument("--warmup", type=int, default=4, help="warm-up chunks (at least until the cache is full)")
     p.add_argument("--camera-fps", type=float, default=30.0, help="camera rate for the first frame's capture wait")
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: the repo's, on CUDA)")
