@@ -45,9 +45,9 @@ HEADING = "## GPU: the 1.3B causal generator, video-to-video (issue 21)"
 GOAL_FPS, GOAL_FIRST_FRAME_MS = 50.0, 300.0  # issue 21, at 480×832 on one H100/H200
 GOAL_T2V_FPS = 25.0  # issue 21: the Self-Forcing profile's 4-step text-to-video
 
-# Decoders by name: their `build_autoencoder` presets at full size and for smoke runs. The Wan VAE always
-# encodes; a row's decoder decodes (as `--model-decoder tae` serves it).
-DECODERS: dict[str, tuple[str, str]] = {"wan": ("wan2.1", "wan2.1-test"), "tae": ("taew2.1", "taew2.1-test")}
+# Autoencoders by name: their `build_autoencoder` presets at full size and for smoke runs. A row's encoder
+# encodes and its decoder decodes (the Wan VAE unless the row says TAEHV, as `--model-decoder tae` serves it).
+AUTOENCODERS: dict[str, tuple[str, str]] = {"wan": ("wan2.1", "wan2.1-test"), "tae": ("taew2.1", "taew2.1-test")}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Row:
 
     accel: AccelSettings
     decoder: str = "wan"
+    encoder: str = "wan"
     sessions: int = 1  # streams whose chunks share every forward (the pipeline's batched sessions)
     decode_stream: bool = False  # decode chunk j on its own CUDA stream while chunk j+1 is encoded and denoised
     text_to_video: bool = False  # no camera: each chunk from noise through `--t2v-steps` (no upload, no encode)
@@ -79,6 +80,11 @@ ROWS: dict[str, Row] = {
     "cuda-graphs": Row(_EAGER.model_copy(update={"cuda_graphs": True}), cuda_only=True, note="compiled + graphs"),
     "all": Row(_ALL, decode_stream=True, cuda_only=True, note="cuda graphs + pinned + decode stream"),
     "all-tae": Row(_ALL, decoder="tae", decode_stream=True, cuda_only=True, note="all + tiny decoder"),
+    "tae-both": Row(_EAGER, decoder="tae", encoder="tae", note="tiny encoder and decoder (TAEHV) for the Wan VAE"),
+    "graphs-tae-both": Row(_ALL, decoder="tae", encoder="tae", cuda_only=True, note="cuda graphs + pinned, TAEHV"),
+    "all-tae-both": Row(
+        _ALL, decoder="tae", encoder="tae", decode_stream=True, cuda_only=True, note="all + TAEHV encode and decode"
+    ),
     "t2v-all": Row(_ALL, text_to_video=True, decode_stream=True, cuda_only=True, note="text-to-video, all"),
 }
 
@@ -92,6 +98,7 @@ class Measured:
     first_frame_ms: float = float("nan")  # capture wait for the first chunk's frames + its compute
     stages_ms: dict[str, float] = field(default_factory=dict)
     peak_vram_gib: float = float("nan")
+    warmup_s: float = float("nan")  # the stream's fill-up before timing: compiles and graph captures included
     skipped: str = ""  # why the row did not run
 
 
@@ -134,9 +141,9 @@ def _sync(device: torch.device) -> None:
 # -- building ------------------------------------------------------------------------------------------------------
 
 
-def build_decoder_model(name: str, small: bool, device: torch.device, dtype: torch.dtype) -> VideoAutoencoder:
-    """Autoencoder `name` of DECODERS with random weights."""
-    full, test = DECODERS[name]
+def build_autoencoder_model(name: str, small: bool, device: torch.device, dtype: torch.dtype) -> VideoAutoencoder:
+    """Autoencoder `name` of AUTOENCODERS with random weights."""
+    full, test = AUTOENCODERS[name]
     with torch.device(device):
         ae = build_autoencoder(test if small else full)
     return ae.to(device, dtype).eval()
@@ -193,11 +200,12 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
 
     def denoise(st: Stream, clock: StageClock) -> torch.Tensor:
         clock.mark("start")
+        latents = args.first_chunk_latents if st.chunks == 0 else n_lat
         if row.text_to_video:
-            shape = (b, encoder_ae.latent_channels, n_lat, lh, lw)
+            shape = (b, encoder_ae.latent_channels, latents, lh, lw)
             x = torch.randn(shape, generator=gen, device=device).to(out_dtype)
         else:
-            frames = encoder_ae.frames_for_latents(n_lat, st.chunks == 0)
+            frames = encoder_ae.frames_for_latents(latents, st.chunks == 0)
             pixels = torch.cat([frames_to_tensor(video[i, :frames], device=device, pinned=pinned) for i in range(b)])
             clock.mark("upload")
             z = st.encoder.encode(pixels).float()
@@ -247,12 +255,14 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
 
     # Warm-up: a whole stream until the cache is full (every shape of a stream: compiled, captured, tuned).
     warm_chunks = max(args.warmup, -(-(args.sink + args.window) // n_lat) + 2)
+    warm_start = time.perf_counter()
     st = new_stream()
     pending: list = []
     for _ in range(warm_chunks):
         chunk_pipelined(st, StageClock(device), pending)
     pending.clear()
     _sync(device)
+    warmup_s = time.perf_counter() - warm_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # First chunk of a fresh stream (shapes already warm): what a new client waits for.
@@ -264,7 +274,7 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
     decode(st, x0, clock)  # its frames are on the host when this returns
     first_ms = (time.perf_counter() - start) * 1e3
     clock.elapsed()
-    capture_frames = 0 if row.text_to_video else encoder_ae.frames_for_latents(n_lat, True) - 1
+    capture_frames = 0 if row.text_to_video else encoder_ae.frames_for_latents(args.first_chunk_latents, True) - 1
     capture_wait_ms = 1e3 * capture_frames / args.camera_fps
     # Timed chunks of the same stream, past its fill-up (the cache window full), as the node runs them.
     for _ in range(warm_chunks - 1):
@@ -296,6 +306,7 @@ def run_row(name: str, row: Row, args: argparse.Namespace, size: tuple[int, int]
         first_frame_ms=capture_wait_ms + first_ms,
         stages_ms={k: statistics.median(v) for k, v in stages.items()},
         peak_vram_gib=peak,
+        warmup_s=warmup_s,
     )
 
 
@@ -350,10 +361,10 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
     small = args.preset != "wan-1.3b"
     results: list[Measured] = []
     bounds: dict[tuple[int, int], tuple[float, float]] = {}
-    encoder_ae = build_decoder_model("wan", small, device, dtype)
-    decoders: dict[str, VideoAutoencoder] = {
-        name: encoder_ae if name == "wan" else build_decoder_model(name, small, device, dtype)
-        for name in {ROWS[r].decoder for r in [*args.rows, *args.other_size_rows]}
+    rows = [ROWS[r] for r in [*args.rows, *args.other_size_rows]]
+    autoencoders: dict[str, VideoAutoencoder] = {
+        name: build_autoencoder_model(name, small, device, dtype)
+        for name in sorted({"wan"} | {r.decoder for r in rows} | {r.encoder for r in rows})
     }
     for k, size in enumerate(args.sizes):
         budget_s = args.budget_s[min(k, len(args.budget_s) - 1)]
@@ -361,7 +372,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
         for name in args.rows if k == 0 or not args.other_size_rows else args.other_size_rows:
             row = ROWS[name]
             m = Measured(row=name, size=size)
-            decoder = decoders[row.decoder]
+            encoder, decoder = autoencoders[row.encoder], autoencoders[row.decoder]
             if row.cuda_only and device.type != "cuda":
                 m.skipped = "needs CUDA"
             elif time.monotonic() > deadline:
@@ -375,7 +386,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
             accelerate_dit(dit, row.accel)
             with torch.no_grad():
                 try:
-                    m = run_row(name, row, args, size, dit, encoder_ae, decoder)
+                    m = run_row(name, row, args, size, dit, encoder, decoder)
                 except Exception as exc:  # a row that cannot run (a restricted SDPA backend, a compile error)
                     m.skipped = f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
             results.append(m)
@@ -383,7 +394,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Measured], dict[tuple[int, i
             if args.json:  # after every row: a run cut short still leaves what it measured
                 args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
             if name == "eager":
-                bounds[size] = stream_batch_bound(dit, args, size, encoder_ae.spatial_factor)
+                bounds[size] = stream_batch_bound(dit, args, size, encoder.spatial_factor)
             del dit
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -398,7 +409,8 @@ def report(results: list[Measured], bounds: dict, args: argparse.Namespace) -> s
         "",
         f"`vidfx bench gpu` on {environment(device)}, {datetime.now(UTC):%Y-%m-%d}. Preset `{args.preset}` with "
         f"random weights in {args.dtype}, video-to-video: {args.chunk_latents} latent frames a chunk "
-        f"({4 * args.chunk_latents} video frames), {steps} denoising forwards + the cache write (steps "
+        f"({4 * args.chunk_latents} video frames; a stream's first chunk {args.first_chunk_latents} latent "
+        f"frame(s)), {steps} denoising forwards + the cache write (steps "
         f"{list(args.steps)} at strength {args.strength}), cache of {args.sink} sink + {args.window} window latent "
         f"frames, {args.chunks} timed chunks after the stream's cache is full. Goal at 480×832: ≥ {GOAL_FPS:.0f} FPS, "
         f"first frame < {GOAL_FIRST_FRAME_MS:.0f} ms (its capture wait at {args.camera_fps:.0f} FPS included). "
@@ -406,15 +418,15 @@ def report(results: list[Measured], bounds: dict, args: argparse.Namespace) -> s
         f"({list(args.t2v_steps)}) + the cache write; goal ≥ {GOAL_T2V_FPS:.0f} FPS.",
         "",
         "| size | row | FPS | × eager | first chunk ms (first frame) | upload | encode | DiT forwards | cache write "
-        "| decode | download | peak VRAM GiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decode | download | peak VRAM GiB | warm-up s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {m.size: m.fps for m in results if m.row == "eager" and not m.skipped}
     for m in results:
         size = f"{m.size[0]}×{m.size[1]}"
         note = ROWS[m.row].note
         if m.skipped:
-            lines.append(f"| {size} | {m.row} |{' — |' * 10} skipped: {m.skipped} |")
+            lines.append(f"| {size} | {m.row} |{' — |' * 11} skipped: {m.skipped} |")
             continue
         s = m.stages_ms
         dits = " / ".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("dit "))
@@ -424,7 +436,7 @@ def report(results: list[Measured], bounds: dict, args: argparse.Namespace) -> s
         lines.append(
             f"| {size} | {m.row} | {m.fps:.1f} | {ratio} | {m.first_chunk_ms:.0f} ({m.first_frame_ms:.0f}) "
             f"| {stage['upload']} | {stage['encode']} | {dits} | {stage['cache write']} | {stage['decode']} "
-            f"| {stage['download']} | {vram} | {note} |"
+            f"| {stage['download']} | {vram} | {m.warmup_s:.0f} | {note} |"
         )
     for size, (one, many) in bounds.items():
         lines.append("")
@@ -503,6 +515,9 @@ def register(p: argparse.ArgumentParser) -> None:
         "--other-size-rows", nargs="+", default=[], help="rows at the sizes after the first (default: --rows)"
     )
     p.add_argument("--chunk-latents", type=int, default=3, help="latent frames a chunk (3: 12 video frames)")
+    p.add_argument(
+        "--first-chunk-latents", type=int, default=3, help="latent frames of a stream's first chunk (1: one frame)"
+    )
     p.add_argument("--window", type=int, default=8, help="rolling cache window, latent frames")
     p.add_argument("--sink", type=int, default=1, help="sink latent frames")
     p.add_argument("--steps", type=int, nargs="+", default=[1000, 757, 522], help="few-step list (0..1000 grid)")
