@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 21's GPU figures in one short run (at most 9 minutes 10 s on one H100/H200: every step has its own
-# timeout). Nothing is downloaded on the GPU machine.
+# timeout). Nothing is downloaded on the GPU machine. First run on an H200, 2026-12-04: 5 min 43 s
+# (benchmarks/RESULTS.md, *GPU*; the one-frame first chunk rows there came from a second, shorter run:
+# `vidfx bench gpu --first-chunk-latents 1 --rows tae-both graphs-tae-both all-tae-both`).
 #
 #   1. Here, on a machine with pip and a package index (once; ≈ 47 MB in .whl/, ignored by git):
 #        bash benchmarks/gpu_session.sh --fetch-wheels
@@ -57,7 +59,7 @@ start=$SECONDS
 # written whatever the compiler costs. Compiled rows pay their compile once per shape in the warm-up
 # (inductor's cache makes the later compiled rows of the same shapes cheaper).
 timeout 420 "$PY" -m vidfx.cli bench gpu --sizes 480x832 320x576 --budget-s 260 80 \
-  --other-size-rows eager tae-decoder all \
+  --other-size-rows eager tae-decoder all all-tae-both \
   --results benchmarks/RESULTS.md --plot benchmarks/gpu.png --json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
 cp benchmarks/RESULTS.md benchmarks/gpu.png "$OUT/" 2>/dev/null
 echo "gpu_session: bench gpu done at $((SECONDS - start)) s"

@@ -45,10 +45,10 @@ def _stream(dit: CausalDiT, chunks: int, device: str = "cpu", latent: int = 8) -
     cfg = dit.cfg
     cache = dit.new_kv_cache(1, latent, latent, window_frames=3, sink_frames=1)
     gen = torch.Generator().manual_seed(1)
-    cross = dit.cross_attention_cache(torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(device))
     sigmas = step_sigmas([1000, 500])
     outs = []
-    with torch.no_grad():
+    with torch.no_grad():  # the prompt's K/V too: compiled blocks must not see tensors that need grad
+        cross = dit.cross_attention_cache(torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(device))
         for _ in range(chunks):
             x = torch.randn(1, cfg.out_dim, 1, latent, latent, generator=gen).to(device)
             outs.append(denoise_chunk(dit, x, sigmas, cross, cache).cpu())

@@ -333,7 +333,7 @@ async def test_serve_release_over_webrtc_whip_in_whep_out(release):
             await c.pc.close()
 
 
-def test_tiny_decoder_from_the_release_folder_decodes_what_the_wan_vae_encodes(release, tmp_path):
+def test_tiny_autoencoder_from_the_release_folder_on_either_side(release, tmp_path):
     from vidfx.autoencoder import TAEHV, AutoencoderPair
 
     root = tmp_path / "release"
@@ -353,3 +353,12 @@ def test_tiny_decoder_from_the_release_folder_decodes_what_the_wan_vae_encodes(r
     wan = load_pipeline(settings({**release, "root": root}))  # same DiT, VAE and seed: only the decoder differs
     assert out.shape == wan.process_chunk(wan.new_stream_state(params), frames).shape == frames.shape
     assert not np.array_equal(out, wan.process_chunk(wan.new_stream_state(params), frames))
+    # `--model-encoder tae`: the TAE encodes too (alone, or paired with the Wan VAE's decoder).
+    both = load_pipeline(settings({**release, "root": root}, decoder="tae", encoder="tae"))
+    assert isinstance(both.autoencoder, TAEHV)
+    tae_in = load_pipeline(settings({**release, "root": root}, encoder="tae"))
+    assert isinstance(tae_in.autoencoder, AutoencoderPair) and isinstance(tae_in.autoencoder.encoding, TAEHV)
+    assert not isinstance(tae_in.autoencoder.decoding, TAEHV)
+    pixels = torch.rand(1, 3, 1, 64, 64) * 2 - 1
+    torch.testing.assert_close(tae_in.autoencoder.encode(pixels), both.autoencoder.encode(pixels))
+    assert both.process_chunk(both.new_stream_state(params), frames).shape == frames.shape

@@ -408,3 +408,24 @@ async def test_engine_overload_drops_oldest_and_accounts_for_every_frame(pipe):
     finally:
         await engine.stop()
     assert session.closed
+
+
+def test_a_one_frame_first_chunk_starts_the_stream_on_the_first_camera_frame():
+    """`first_chunk_latents=1` with 2-latent chunks: the stream starts on one frame (its stylised frame comes
+    back without waiting for 5 camera frames), the cache then holds that frame, and later chunks are the usual
+    8 frames attending to it. Text-to-video starts the same way."""
+    torch.manual_seed(0)
+    pipe = load_pipeline(ModelSettings(name="tiny-random", latent_frames_per_chunk=2, first_chunk_latents=1))
+    assert (pipe.frames_per_chunk(True), pipe.frames_per_chunk(False)) == (1, 8)
+    video = make_video(17)
+    params = StreamParams(prompts=(("a red fox", 1.0),), seed=3)
+    st = pipe.new_stream_state(params)
+    outs = [pipe.process_chunk(st, c, params) for c in chunks_of(video, 1, 8)]
+    assert [len(o) for o in outs] == [1, 8, 8]
+    assert st.kv.frames_seen == 1 + 2 + 2
+    with pytest.raises(ValueError, match=r"expected uint8 frames \(8, "):  # later chunks keep their size
+        pipe.process_chunk(st, video[:1], params)
+    assert load_pipeline(ModelSettings(name="tiny-random", latent_frames_per_chunk=2)).frames_per_chunk(True) == 5
+    st_t2v = pipe.new_stream_state(params)
+    assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 1 and st_t2v.kv.frames_seen == 1
+    assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 8

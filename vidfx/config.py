@@ -40,6 +40,9 @@ class ModelSettings(_Section):
         "auto", description="release sampler settings (docs/releases.md); auto: detected from the checkpoint"
     )
     decoder: Literal["wan", "tae"] = Field("wan", description="latent decoder of a Wan release: the Wan VAE or TAE")
+    encoder: Literal["wan", "tae"] = Field(
+        "wan", description="latent encoder of a Wan release: the Wan VAE (exact) or TAE (~13× cheaper, 3 frames late)"
+    )
     text_device: str = Field("auto", description="umT5 device (auto: the model device if it has ≥ 40 GB, else cpu)")
     width: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
     height: int = Field(128, ge=16, le=4096, description="model resolution, pixels")
@@ -49,6 +52,13 @@ class ModelSettings(_Section):
         "crop to the model's aspect, letterbox, or stretch (vidfx.frames)",
     )
     latent_frames_per_chunk: int = Field(1, ge=1, le=8, description="latent frames a chunk denoises at once")
+    first_chunk_latents: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="latent frames of a stream's first chunk (default: latent_frames_per_chunk; 1: the first camera "
+        "frame alone, so the first stylised frame comes without waiting for a chunk's worth of frames)",
+    )
     window_frames: int = Field(6, ge=1, le=64, description="latent frames of rolling KV cache")
     sink_frames: int = Field(1, ge=0, le=16, description="first latent frames kept in the cache forever")
     steps: list[int] = Field(list(CAUSVID_STEPS), description="few-step list on the 0..1000 grid (CausVid's)")
@@ -190,7 +200,9 @@ class AccelSettings(_Section):
     """The GPU inference path (vidfx.accel.apply_acceleration), one switch per optimisation. None changes what
     the model computes beyond kernel rounding (tests/test_accel.py holds each to the eager path). bf16 weights
     are `model.dtype`. Defaults: switches that cost nothing and are exact anywhere are on; those that cost
-    start-up time or need CUDA are off until `vidfx bench gpu` (benchmarks/gpu_session.sh) has measured them."""
+    start-up time or need CUDA are off; `vidfx bench gpu` measured each on an H200 (benchmarks/RESULTS.md, *GPU*):
+    `auto` attention as fast as cuDNN's (flash 0.91×), pinned transfers free, compile 1.25×, CUDA graphs on top
+    of compile 0.99× at 480×832."""
 
     fp32_islands: bool = Field(
         True, description="in a bf16/fp16 model keep Wan's fp32 parts fp32: time embedding, modulation, norm weights"
@@ -198,7 +210,10 @@ class AccelSettings(_Section):
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
         "auto", description="restrict attention to one SDPA backend (an error, not a fallback, if it cannot run)"
     )
-    compile: bool = Field(False, description="torch.compile the transformer blocks (minutes of start-up)")
+    compile: bool = Field(
+        False, description="torch.compile the transformer blocks (H200, 480×832: DiT forward 110 → 64 ms; 30–45 s of "
+        "compiling when a stream first meets a resolution)"
+    )  # fmt: skip
     cuda_graphs: bool = Field(
         False, description="replay the blocks as CUDA graphs, one per shape (torch.compile reduce-overhead; CUDA)"
     )

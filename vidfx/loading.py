@@ -168,8 +168,11 @@ def _checkpoint(path: str, what: str) -> Part:
     return Part(what, p, "found" if p.exists() else "missing")
 
 
-def release_parts(folder: Path, dit: str = "", lora: str = "", decoder: str = "wan") -> dict[str, Part]:
-    """Every file a release folder (plus a generator checkpoint, a LoRA and the tiny decoder) needs, found or not."""
+def release_parts(
+    folder: Path, dit: str = "", lora: str = "", decoder: str = "wan", encoder: str = "wan"
+) -> dict[str, Part]:
+    """Every file a release folder (plus a generator checkpoint, a LoRA and the tiny autoencoder) needs, found
+    or not."""
     parts = {"config": Part("config", folder / WAN_CONFIG, "found")}
     if not (folder / WAN_CONFIG).is_file():
         parts["config"] = Part("config", None, "missing", "config.json from Wan-AI/Wan2.1-T2V-1.3B")
@@ -186,7 +189,7 @@ def release_parts(folder: Path, dit: str = "", lora: str = "", decoder: str = "w
         parts["lora"] = _checkpoint(lora, "lora")
     parts["vae"] = _converted(folder, WAN_VAE, "vae")
     parts["umt5"] = _converted(folder, WAN_UMT5, "umt5")
-    if decoder == "tae":
+    if "tae" in (decoder, encoder):
         parts["tae"] = _converted(folder, TAE_DECODER, "tae", origin="github.com/madebyollin/taehv (MIT)")
     tok = folder / WAN_TOKENIZER
     parts["tokenizer"] = (
@@ -322,7 +325,7 @@ def _from_release(
     from vidfx.autoencoder import AutoencoderPair, load_tae
     from vidfx.autoencoder.loading import load_autoencoder
 
-    parts = release_parts(folder, settings.dit, settings.lora, settings.decoder)
+    parts = release_parts(folder, settings.dit, settings.lora, settings.decoder, settings.encoder)
     _require(parts)
     cfg = dit_config_from_release(folder)
     dit_part = parts["dit"]
@@ -338,12 +341,16 @@ def _from_release(
     vae_path = parts["vae"].path
     assert vae_path is not None
     ae = load_autoencoder(vae_path)
-    if settings.decoder == "tae":
-        # The Wan VAE still encodes (exact, no time shift: docs/decoders.md); the tiny decoder, ~20× cheaper,
-        # decodes. Both speak the DiT's normalised latents, so the pair needs no conversion between them.
+    if "tae" in (settings.encoder, settings.decoder):
+        # The tiny autoencoder on either side (docs/decoders.md): the Wan VAE's encoder is exact with no time
+        # shift, the TAE's ~13× cheaper with the input 3 frames late; the TAE's decoder is ~15× cheaper than the
+        # VAE's. Both speak the DiT's normalised latents, so a pair needs no conversion between them.
         tae_path = parts["tae"].path
         assert tae_path is not None
-        ae = AutoencoderPair(ae, load_tae(tae_path))
+        tae = load_tae(tae_path)
+        encoding = tae if settings.encoder == "tae" else ae
+        decoding = tae if settings.decoder == "tae" else ae
+        ae = encoding if encoding is decoding else AutoencoderPair(encoding, decoding)
     tdev = text_device(settings)
     tdtype = torch.float32 if settings.dtype == "float32" else torch.bfloat16
     umt5, tok = parts["umt5"].path, parts["tokenizer"].path

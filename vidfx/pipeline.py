@@ -257,8 +257,13 @@ class StylePipeline:
         self.pinned_transfer = False  # frames through pinned host memory (CUDA; vidfx.accel sets it)
 
     # -- geometry ------------------------------------------------------------------------------------------
+    def chunk_latents(self, first: bool) -> int:
+        """Latent frames of a stream's first chunk, or of every later one."""
+        s = self.settings
+        return s.first_chunk_latents or s.latent_frames_per_chunk if first else s.latent_frames_per_chunk
+
     def frames_per_chunk(self, first: bool) -> int:
-        return self.autoencoder.frames_for_latents(self.settings.latent_frames_per_chunk, first)
+        return self.autoencoder.frames_for_latents(self.chunk_latents(first), first)
 
     @property
     def pixel_factor(self) -> int:
@@ -391,7 +396,7 @@ class StylePipeline:
             raise ValueError("an image can only start a stream (its first chunk)")
         self._apply(state, state.params, pts_us)
         assert state.cross is not None
-        n = self.settings.latent_frames_per_chunk
+        n = self.chunk_latents(state.chunks == 0)  # text-to-video never encodes: `state.first` stays True
         geometry = self.stream_geometry(state, image.shape[:2] if image is not None else size)
         guide = None
         if image is not None:

@@ -455,7 +455,7 @@ def plot(results: list[Measured], path: Path) -> None:
 
     sizes = sorted({m.size for m in results}, reverse=True)
     rows = list(dict.fromkeys(m.row for m in results))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) * len(sizes)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2.0), 4.0))
     width = 0.8 / len(sizes)
     for j, size in enumerate(sizes):
         fps = [next((m.fps for m in results if m.row == r and m.size == size and not m.skipped), 0.0) for r in rows]
@@ -483,6 +483,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"vidfx bench gpu: unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
         return 2
+    args.first_chunk_latents = args.first_chunk_latents or args.chunk_latents
     # The baseline every ratio is taken against, always measured in the same run.
     args.rows = list(dict.fromkeys(["eager", *args.rows]))
     if args.other_size_rows:
@@ -516,7 +517,10 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--chunk-latents", type=int, default=3, help="latent frames a chunk (3: 12 video frames)")
     p.add_argument(
-        "--first-chunk-latents", type=int, default=3, help="latent frames of a stream's first chunk (1: one frame)"
+        "--first-chunk-latents",
+        type=int,
+        default=None,
+        help="latent frames of a stream's first chunk (1: one frame; default: --chunk-latents)",
     )
     p.add_argument("--window", type=int, default=8, help="rolling cache window, latent frames")
     p.add_argument("--sink", type=int, default=1, help="sink latent frames")

@@ -18,6 +18,7 @@ def register(p: argparse.ArgumentParser) -> None:
     check.add_argument("--model-lora", default="", help="LoRA checkpoint (.safetensors)")
     check.add_argument("--model-profile", default="auto", help="release profile (default: detected)")
     check.add_argument("--model-decoder", default="wan", choices=["wan", "tae"], help="latent decoder to look for")
+    check.add_argument("--model-encoder", default="wan", choices=["wan", "tae"], help="latent encoder to look for")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=run)
 
@@ -45,7 +46,7 @@ def tensor_count(path: Path) -> int:
 
 
 def check_model(
-    folder: str, dit: str = "", lora: str = "", profile: str = "auto", decoder: str = "wan"
+    folder: str, dit: str = "", lora: str = "", profile: str = "auto", decoder: str = "wan", encoder: str = "wan"
 ) -> dict[str, Any]:
     """The report `vidfx models check` prints; `ok` is whether loading would find every part."""
     from vidfx.config import ModelSettings
@@ -58,7 +59,7 @@ def check_model(
         report.update(ok=False, errors=[f"{path}: not a folder"])
         return report
     if is_wan_release(path):
-        parts = release_parts(path, dit, lora, decoder)
+        parts = release_parts(path, dit, lora, decoder, encoder)
         report["kind"] = "wan-release"
         report["parts"] = [p.as_dict() for p in parts.values()]
         report["ok"] = all(p.status == "found" for p in parts.values())
@@ -95,7 +96,9 @@ def check_model(
 
 
 def run(args: argparse.Namespace) -> int:
-    report = check_model(args.folder, args.model_dit, args.model_lora, args.model_profile, args.model_decoder)
+    report = check_model(
+        args.folder, args.model_dit, args.model_lora, args.model_profile, args.model_decoder, args.model_encoder
+    )
     if args.json:
         print(json.dumps(report, indent=1))
     else:
