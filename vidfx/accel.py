@@ -18,8 +18,8 @@ where the switch runs on the CPU):
 * pinned transfer — frames cross host↔device through pinned memory with asynchronous copies; a no-op on the
   CPU.
 
-Settings whose gain depends on the GPU default to off until `vidfx bench gpu` has measured them (see
-`AccelSettings`). Nothing here loads weights: loading stays in the loader, this runs after it.
+Settings that cost start-up time or need CUDA default to off; `vidfx bench gpu` measured each on an H200
+(benchmarks/RESULTS.md, *GPU*; `AccelSettings` says what it found). Nothing here loads weights: loading stays in the loader, this runs after it.
 """
 
 from __future__ import annotations
