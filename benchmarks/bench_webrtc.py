@@ -25,6 +25,7 @@ import asyncio
 import fractions
 import json
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -207,6 +208,11 @@ async def webrtc_run(
 # -- ZeroMQ ------------------------------------------------------------------------------------------------------------
 
 
+def keyed_header(stream: str, seq: int, pts_us: int, w: int, h: int, key: str) -> bytes:
+    """A frame header carrying the stream's key (so this publisher feeds the stream its control client claimed)."""
+    return msgpack.packb({**msgpack.unpackb(frame_header(stream, seq, pts_us, w, h)), "key": key})
+
+
 async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, warmup: float, model: bool) -> Run:
     ctx = zmq.asyncio.Context()
     pub, sub, ctl = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)
@@ -221,6 +227,11 @@ async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, w
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(ev["output"])
         ctl.connect(ev["control"])
+        # Claim the stream with our own key before its first frame: frames and the pause then both carry it.
+        key = secrets.token_hex(16)
+        await ctl.send(msgpack.packb({"op": "claim", "stream": stream, "key": key}))
+        claimed = msgpack.unpackb(await ctl.recv())
+        assert claimed["ok"], claimed
         await asyncio.sleep(0.3)
         w, h = size
         frames = [pattern_frame(h, w, n).tobytes() for n in range(int(fps))]  # pre-rendered: a camera costs nothing
@@ -243,8 +254,9 @@ async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, w
             if due > now:
                 await asyncio.sleep(due - now)
             if not model and not paused and seq == int(fps):  # the session exists after its first frames
-                await ctl.send(msgpack.packb({"op": "pause", "stream": stream}))
-                assert msgpack.unpackb(await ctl.recv())["ok"]
+                await ctl.send(msgpack.packb({"op": "pause", "stream": stream, "key": key}))
+                reply = msgpack.unpackb(await ctl.recv())
+                assert reply["ok"], reply
                 paused = True
             if t0 == 0.0 and time.monotonic() - start >= warmup:
                 t0, cpu0, first_seq = time.monotonic(), cpu_seconds(ev["pid"]), seq
@@ -252,7 +264,7 @@ async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, w
                 break
             sent[seq] = time.monotonic()
             await pub.send_multipart(
-                [frame_header(stream, seq, round(seq * 1e6 / fps), w, h), frames[seq % len(frames)]]
+                [keyed_header(stream, seq, round(seq * 1e6 / fps), w, h, key), frames[seq % len(frames)]]
             )
             seq += 1
         t1, cpu1 = time.monotonic(), cpu_seconds(ev["pid"])

@@ -23,7 +23,7 @@ from vidfx.accel import accelerate_dit, apply_acceleration
 from vidfx.benchmarking.gpu import HEADING
 from vidfx.config import AccelSettings, ModelSettings, Settings, add_settings_flags, settings_from_args
 from vidfx.generation import denoise_chunk
-from vidfx.loading import load_pipeline
+from vidfx.loading import load_pipeline, resolve
 from vidfx.model import CausalDiT, DiTConfig, KVCache
 from vidfx.pipeline import StreamParams
 from vidfx.sampling import step_sigmas
@@ -280,3 +280,21 @@ def test_bench_gpu_refuses_without_cuda(tmp_path) -> None:
     done = _bench("--results", str(tmp_path / "R.md"), timeout=120)
     assert done.returncode == 2 and "no CUDA device" in done.stderr
     assert not (tmp_path / "R.md").exists()
+
+
+def test_wan_random_model_runs_the_serving_path_at_the_real_architecture() -> None:
+    """`wan-1.3b-random` (what `vidfx bench serve` measures on a GPU): the 1.3B DiT, its own run settings unless
+    the user's, TAEHV on the side asked for, and a chunk through the whole pipeline."""
+    from vidfx.autoencoder import TAEHV
+
+    resolved = resolve(ModelSettings(name="wan-1.3b-random", width=64))
+    assert (resolved.settings.height, resolved.settings.width, resolved.settings.latent_frames_per_chunk) == (
+        480, 64, 3,
+    )  # fmt: skip
+    settings = ModelSettings(name="wan-1.3b-random", dtype="bfloat16", encoder="tae", height=64, width=64)
+    pipe = load_pipeline(settings)
+    assert sum(p.numel() for p in pipe.dit.parameters()) == 1_418_996_800  # names, shapes: test_weights
+    assert isinstance(pipe.autoencoder.encoding, TAEHV) and not isinstance(pipe.autoencoder.decoding, TAEHV)
+    frames = np.random.default_rng(0).integers(0, 256, (pipe.frames_per_chunk(True), 64, 64, 3), dtype=np.uint8)
+    out = pipe.process_chunk(pipe.new_stream_state(StreamParams()), frames)
+    assert out.shape == frames.shape and out.std() > 1  # a live picture, not a constant

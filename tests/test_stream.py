@@ -428,4 +428,10 @@ def test_a_one_frame_first_chunk_starts_the_stream_on_the_first_camera_frame():
     assert load_pipeline(ModelSettings(name="tiny-random", latent_frames_per_chunk=2)).frames_per_chunk(True) == 5
     st_t2v = pipe.new_stream_state(params)
     assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 1 and st_t2v.kv.frames_seen == 1
-    assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 8
+    seen = [0, st_t2v.kv.visible_frames]  # what each chunk attends to: the last of `chunks_to_fill` is the first
+    # to see a full cache
+    for _ in range(pipe.chunks_to_fill() + 1):
+        assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 8
+        seen.append(st_t2v.kv.visible_frames)
+    full = pipe.settings.sink_frames + pipe.settings.window_frames
+    assert seen[pipe.chunks_to_fill() - 1] == full > seen[pipe.chunks_to_fill() - 2]

@@ -19,7 +19,8 @@ where the switch runs on the CPU):
   CPU.
 
 Settings that cost start-up time or need CUDA default to off; `vidfx bench gpu` measured each on an H200
-(benchmarks/RESULTS.md, *GPU*; `AccelSettings` says what it found). Nothing here loads weights: loading stays in the loader, this runs after it.
+(benchmarks/RESULTS.md, *GPU*; `AccelSettings` says what it found). Nothing here loads weights: loading stays
+in the loader, this runs after it.
 """
 
 from __future__ import annotations

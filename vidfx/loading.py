@@ -5,6 +5,9 @@
 Sources (`ModelSettings.name`):
 
 * `tiny-random`: the tiny DiT preset, the tiny autoencoder and the hashing text encoder, seeded random weights;
+* `wan-1.3b-random`: the Wan2.1-1.3B DiT, the Wan VAE (and TAEHV where `encoder`/`decoder` ask for it) with
+  random weights and the hashing text encoder at umT5's width: the whole serving path at full size with nothing
+  downloaded, for benchmarks (`vidfx bench serve --model wan-1.3b-random` on a GPU);
 * `default` or one of our weights folders: `model.json` + `dit.safetensors` + `autoencoder.safetensors`
   (`vidfx train export` writes them; the card's looks travel in model.json as `look_prompts`);
 * an official **Wan2.1-T2V-1.3B release folder** as downloaded (`config.json`, `diffusion_pytorch_model*.safetensors`,
@@ -65,6 +68,12 @@ _CONFIG_FIELDS = ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "in_dim"
                   "num_layers", "patch_size", "eps")  # fmt: skip
 TEXT_ON_GPU_MIN_BYTES = 40 * 1024**3  # umT5-XXL is 11 GB in bf16: beside the DiT only on a large GPU
 TAE_DECODER = "taew2_1"  # madebyollin/taehv's tiny autoencoder for Wan 2.1 latents (MIT), beside the release
+# Random-weight models by name: the settings each runs at unless the user sets them (as a weights folder's
+# model.json "settings"). The 1.3B one runs as `vidfx bench gpu` measures: 480×832, 3-latent chunks, 8 window.
+RANDOM_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-random": {},
+    "wan-1.3b-random": {"height": 480, "width": 832, "latent_frames_per_chunk": 3, "window_frames": 8},
+}
 
 
 # -- our own models ------------------------------------------------------------------------------------------
@@ -94,6 +103,35 @@ def _tiny_random() -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
     finally:
         torch.random.set_rng_state(gen_state)
     return dit, ae, text
+
+
+def _wan_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
+    """The Wan2.1-1.3B DiT with Wan's initialisation (the output head made live), the Wan VAE and TAEHV (where
+    `settings` encode or decode with it) with random weights, and the hashing text encoder at umT5's width.
+    Built on the model's device: seconds on a GPU, where the 1.4 B parameters' CPU initialisation takes a minute."""
+    from vidfx.autoencoder.loading import build_autoencoder
+    from vidfx.text.small import HashTextEncoder
+
+    cfg = DiTConfig.preset("wan-1.3b")
+    device = torch.device(settings.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        torch.manual_seed(0)
+        dit = CausalDiT(cfg)
+        torch.nn.init.normal_(dit.head.head.weight, std=0.02)
+        wan = build_autoencoder("wan2.1")
+        tae = build_autoencoder("taew2.1") if "tae" in (settings.encoder, settings.decoder) else None
+    return dit, autoencoder_sides(wan, tae, settings), HashTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
+
+
+def autoencoder_sides(wan: VideoAutoencoder, tae: VideoAutoencoder | None, settings: ModelSettings) -> VideoAutoencoder:
+    """The autoencoder a pipeline runs: `settings.encoder` encodes and `settings.decoder` decodes ("wan" or
+    "tae"). Both speak the DiT's normalised latents, so a pair needs no conversion between them."""
+    from vidfx.autoencoder import AutoencoderPair
+
+    encoding = tae if settings.encoder == "tae" else wan
+    decoding = tae if settings.decoder == "tae" else wan
+    assert encoding is not None and decoding is not None, "TAEHV asked for but not given"
+    return encoding if encoding is decoding else AutoencoderPair(encoding, decoding)
 
 
 def card_looks(meta: dict[str, Any]) -> tuple[str, ...]:
@@ -322,7 +360,7 @@ def _dtype(name: str) -> torch.dtype:
 def _from_release(
     folder: Path, settings: ModelSettings, profile: str | None
 ) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
-    from vidfx.autoencoder import AutoencoderPair, load_tae
+    from vidfx.autoencoder import load_tae
     from vidfx.autoencoder.loading import load_autoencoder
 
     parts = release_parts(folder, settings.dit, settings.lora, settings.decoder, settings.encoder)
@@ -341,16 +379,10 @@ def _from_release(
     vae_path = parts["vae"].path
     assert vae_path is not None
     ae = load_autoencoder(vae_path)
-    if "tae" in (settings.encoder, settings.decoder):
-        # The tiny autoencoder on either side (docs/decoders.md): the Wan VAE's encoder is exact with no time
-        # shift, the TAE's ~13× cheaper with the input 3 frames late; the TAE's decoder is ~15× cheaper than the
-        # VAE's. Both speak the DiT's normalised latents, so a pair needs no conversion between them.
-        tae_path = parts["tae"].path
-        assert tae_path is not None
-        tae = load_tae(tae_path)
-        encoding = tae if settings.encoder == "tae" else ae
-        decoding = tae if settings.decoder == "tae" else ae
-        ae = encoding if encoding is decoding else AutoencoderPair(encoding, decoding)
+    # The tiny autoencoder on either side (docs/decoders.md): the Wan VAE's encoder is exact with no time shift,
+    # the TAE's ~13× cheaper with the input 3 frames late; the TAE's decoder is ~15× cheaper than the VAE's.
+    tae_path = parts["tae"].path if "tae" in parts else None
+    ae = autoencoder_sides(ae, load_tae(tae_path) if tae_path else None, settings)
     tdev = text_device(settings)
     tdtype = torch.float32 if settings.dtype == "float32" else torch.bfloat16
     umt5, tok = parts["umt5"].path, parts["tokenizer"].path
@@ -367,8 +399,8 @@ class ResolvedModel:
     """A model source with its profile resolved: what `load_pipeline` builds and `vidfx models check` reports."""
 
     name: str
-    path: Path | None  # the folder, None for tiny-random
-    kind: str  # "tiny-random", "weights" (ours) or "wan-release"
+    path: Path | None  # the folder, None for a random model
+    kind: str  # "random" (RANDOM_MODELS), "weights" (ours) or "wan-release"
     profile: str | None
     settings: ModelSettings  # with the profile applied
     notes: list[str] = field(default_factory=list)
@@ -377,8 +409,8 @@ class ResolvedModel:
 def resolve(settings: ModelSettings) -> ResolvedModel:
     """Which source `settings.name` is, and the profile and settings it runs with (no weights read)."""
     name = MODEL_ALIASES.get(settings.name, settings.name)
-    if settings.name == "tiny-random":
-        kind, path = "tiny-random", None
+    if settings.name in RANDOM_MODELS:
+        kind, path = "random", None
     elif Path(name).is_dir():
         path = Path(name)
         if (path / "model.json").is_file():
@@ -393,7 +425,8 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise pickle_refused(Path(name), " and pass it as --model-dit with --model WAN_RELEASE_FOLDER")
     else:
         raise ValueError(
-            f"unknown model {settings.name!r}: use tiny-random, default, a weights folder or a Wan2.1 release folder"
+            f"unknown model {settings.name!r}: use default, {', '.join(RANDOM_MODELS)}, a weights folder or a Wan2.1 "
+            "release folder"
         )
     if settings.dit and Path(settings.dit).suffix in PICKLE_SUFFIXES:
         raise pickle_refused(Path(settings.dit), " and pass the .safetensors as --model-dit")
@@ -420,31 +453,34 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
     effective = apply_profile(settings, PROFILES[profile]) if profile else settings
     if kind == "weights":
         assert path is not None
-        effective = folder_settings(effective, path, notes)
+        given = json.loads((path / "model.json").read_text()).get("settings", {})
+        effective = model_defaults(effective, given, f"{path}/model.json", notes)
+    elif kind == "random":
+        effective = model_defaults(effective, RANDOM_MODELS[settings.name], settings.name, notes)
     return ResolvedModel(settings.name, path, kind, profile, effective, notes)
 
 
-def folder_settings(settings: ModelSettings, folder: Path, notes: list[str]) -> ModelSettings:
-    """`settings` with our weights folder's model.json "settings" (e.g. the resolution its refiner renders at)
-    for every field the user did not set explicitly, as a release profile's."""
-    given = json.loads((folder / "model.json").read_text()).get("settings", {})
+def model_defaults(settings: ModelSettings, given: dict[str, Any], source: str, notes: list[str]) -> ModelSettings:
+    """`settings` with a model's own settings `given` (our weights folder's model.json "settings", e.g. the
+    resolution its refiner renders at; a random model's) for every field the user did not set, as a release
+    profile's."""
     unknown = set(given) - set(ModelSettings.model_fields)
     if unknown:
-        raise CheckpointError(f"{folder}/model.json: unknown settings {sorted(unknown)}")
+        raise CheckpointError(f"{source}: unknown settings {sorted(unknown)}")
     changes = {k: v for k, v in given.items() if k not in settings.model_fields_set}
     if changes:
-        notes.append(f"{folder.name}/model.json sets {', '.join(f'{k}={v}' for k, v in changes.items())}")
+        notes.append(f"{source} sets {', '.join(f'{k}={v}' for k, v in changes.items())}")
     return settings.model_copy(update=changes)
 
 
 def load_pipeline(settings: ModelSettings) -> StylePipeline:
-    """The one loader: a model name ("tiny-random", "default"), our weights folder or a Wan2.1 release
+    """The one loader: a model name ("default", a random model), our weights folder or a Wan2.1 release
     folder (+ `dit`, `lora`) → a ready pipeline running at its release profile's settings."""
     resolved = resolve(settings)
     looks: tuple[str, ...] = ()
     refiner: DetailRefiner | None = None
-    if resolved.kind == "tiny-random":
-        dit, ae, text = _tiny_random()
+    if resolved.kind == "random":
+        dit, ae, text = _tiny_random() if settings.name == "tiny-random" else _wan_random(resolved.settings)
     elif resolved.kind == "weights":
         assert resolved.path is not None
         dit, ae, text, looks, refiner = _from_folder(resolved.path)

@@ -539,6 +539,13 @@ class StylePipeline:
             st.kv.commit_chunk(n)
             p.x0 = x0[b : b + 1]
 
+    def chunks_to_fill(self) -> int:
+        """Chunks of a stream up to and including its first with a full cache: every later chunk has that one's
+        shapes, so this many warm a compiled model up for the stream's whole life (at its resolution)."""
+        s = self.settings
+        rest = max(0, s.sink_frames + s.window_frames - self.chunk_latents(True))
+        return 2 + -(-rest // s.latent_frames_per_chunk)
+
     def warm_up(self, chunks: int, state: StreamState | None = None) -> StreamState:
         """Run `chunks` chunks of a throwaway stream (first kernels, allocator, prompt cache); pass the returned
         state back in to continue the same stream."""

@@ -31,10 +31,10 @@ import zmq
 import zmq.asyncio
 
 from vidfx.accel import apply_acceleration
-from vidfx.config import AccelSettings, ModelSettings, resolve_threads
+from vidfx.config import AccelSettings, ModelSettings, add_settings_flags, resolve_threads, settings_from_args
 from vidfx.generation import denoise_chunk
 from vidfx.loading import load_pipeline
-from vidfx.pipeline import ChunkRequest, StreamParams
+from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
 from vidfx.sampling import chunk_sigmas, noise_to
 
 
@@ -57,13 +57,19 @@ def _video(n: int, h: int, w: int, seed: int) -> np.ndarray:
 # -- standalone -------------------------------------------------------------------------------------------------
 
 
+_PIPELINES: dict[str, StylePipeline] = {}  # standalone pipelines of this process, by their settings
+
+
 def standalone(
-    model: ModelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool
+    model: ModelSettings, accel: AccelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool
 ) -> dict[str, float]:
     """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams (with the
-    node's default acceleration settings, as `vidfx serve` applies them)."""
-    pipe = apply_acceleration(load_pipeline(model), AccelSettings())
-    pipe.warm_up(2)
+    node's acceleration settings). The pipeline is built once per process (a compiled 1.3B model compiles once)."""
+    key = model.model_dump_json() + accel.model_dump_json()
+    if key not in _PIPELINES:
+        _PIPELINES[key] = apply_acceleration(load_pipeline(model), accel)
+    pipe = _PIPELINES[key]
+    pipe.warm_up(pipe.chunks_to_fill() if accel.compile or accel.cuda_graphs else 2)
     states = [pipe.new_stream_state(StreamParams(prompts=((f"style {i}", 1.0),), seed=i)) for i in range(streams)]
     video = _video(8, size[0], size[1], 0)
     frames = 0
@@ -192,7 +198,7 @@ async def start_node(*flags: str, ready_timeout_s: float = 180.0) -> tuple[async
 async def _start_node(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, dict]:
     return await start_node(
         "--model-name", args.model, "--model-threads", str(args.threads), "--model-max-batch", str(args.max_batch),
-        "--model-device", args.device, "--model-dtype", args.dtype, "--stream-max-sessions", "16",
+        "--model-device", args.device, "--model-dtype", args.dtype, "--stream-max-sessions", "16", *args.node_flag,
     )  # fmt: skip
 
 
@@ -264,7 +270,7 @@ async def _served_run(ev: dict, pid: int, ctx: zmq.asyncio.Context, streams: int
     }
 
 
-async def measure(args: argparse.Namespace, model: ModelSettings) -> tuple[dict, dict]:
+async def measure(args: argparse.Namespace, model: ModelSettings, accel: AccelSettings) -> tuple[dict, dict]:
     """For each stream count: standalone, served (camera, saturated), standalone again — interleaved so that
     load from elsewhere on the machine hits both sides of the overhead ratio alike."""
     proc, ev = await _start_node(args)
@@ -275,16 +281,18 @@ async def measure(args: argparse.Namespace, model: ModelSettings) -> tuple[dict,
     try:
         for s in args.streams:
             pid = proc.pid
-            before = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, True)
+            before = await loop.run_in_executor(None, standalone, model, accel, s, args.seconds, args.size, True)
             cam = await _served_run(ev, pid, ctx, s, args.fps, args.seconds, args.size, f"cam{s}")
             results["camera"].append(cam)
             rate = 3 * before["fps"] / s  # per-stream input at three times what the engine alone sustains
             sat = await _served_run(ev, pid, ctx, s, rate, args.seconds, args.size, f"sat{s}")
             results["saturated"].append(sat)
-            after = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, True)
+            after = await loop.run_in_executor(None, standalone, model, accel, s, args.seconds, args.size, True)
             alone[s] = {k: (before[k] + after[k]) / 2 for k in before}
             if s > 1:
-                unbatched = await loop.run_in_executor(None, standalone, model, s, args.seconds, args.size, False)
+                unbatched = await loop.run_in_executor(
+                    None, standalone, model, accel, s, args.seconds, args.size, False
+                )
                 alone[s]["unbatched_fps"] = unbatched["fps"]
                 alone[s]["unbatched_per_cpu_s"] = unbatched["per_cpu_s"]
             print(s, alone[s], results["camera"][-1], results["saturated"][-1], file=sys.stderr)
@@ -299,15 +307,20 @@ def run(args: argparse.Namespace) -> int:
     args.size = tuple(args.size)
     args.threads = resolve_threads(args.threads)
     torch.set_num_threads(args.threads)
-    model = ModelSettings(name=args.model, threads=args.threads, device=args.device, dtype=args.dtype)
+    # The node's extra flags (e.g. --accel-compile, --model-encoder tae) apply to the standalone pipeline too.
+    flagged = argparse.ArgumentParser(add_help=False)
+    add_settings_flags(flagged, ("model", "accel"))
+    settings = settings_from_args(flagged.parse_args(args.node_flag))
+    update = {"name": args.model, "threads": args.threads, "device": args.device, "dtype": args.dtype}
+    model, accel = settings.model.model_copy(update=update), settings.accel
     load0 = f"{os.getloadavg()[0]:.1f}"
-    alone, res = asyncio.run(measure(args, model))
+    alone, res = asyncio.run(measure(args, model, accel))
     rows = len(chunk_sigmas(model.steps, model.strength)) + 1  # denoising steps + the cache-write pass
     dit1, ditk = dit_batch_cost(model, rows)
     parts = chunk_breakdown(model)
     chunk_frames = load_pipeline(model).frames_per_chunk(False)
     lines = [
-        f"Model `{args.model}` (random tiny weights), {args.size[1]}×{args.size[0]} input → "
+        f"Model `{args.model}`, {args.size[1]}×{args.size[0]} input → "
         f"{model.width}×{model.height} model, {chunk_frames} frames/chunk, steps {model.steps} at strength "
         f"{model.strength}, on {args.device} ({args.dtype}), {args.threads} torch thread(s), {args.seconds:.0f} s "
         f"per row, batching up to {args.max_batch}; load average before/after: {load0} / {os.getloadavg()[0]:.1f}.",
@@ -362,5 +375,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--device", default="cpu", help="torch device of the node and the standalone pipeline")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument(
+        "--node-flag", action="append", default=[], help="a `vidfx serve` model/accel flag for the node and the "
+        "standalone pipeline alike, e.g. --node-flag=--accel-compile (repeatable)"
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=run)

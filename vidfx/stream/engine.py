@@ -80,7 +80,10 @@ class Engine:
         """Warm the model up on the worker, then start scheduling. `ready` turns true at the end."""
         loop = asyncio.get_running_loop()
         state = None
-        for _ in range(self.settings.model.warmup_chunks):  # chunk by chunk: a shutdown waits for one at most
+        chunks = self.settings.model.warmup_chunks
+        if self.settings.accel.compile or self.settings.accel.cuda_graphs:  # compile every shape a stream meets
+            chunks = max(chunks, self.pipeline.chunks_to_fill())
+        for _ in range(chunks):  # chunk by chunk: a shutdown waits for one at most
             state = await loop.run_in_executor(self._worker, self.pipeline.warm_up, 1, state)
         self._tasks = [asyncio.create_task(self._schedule(), name="vidfx-scheduler"),
                        asyncio.create_task(self._reap(), name="vidfx-reaper")]  # fmt: skip
