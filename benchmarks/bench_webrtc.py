@@ -208,11 +208,6 @@ async def webrtc_run(
 # -- ZeroMQ ------------------------------------------------------------------------------------------------------------
 
 
-def keyed_header(stream: str, seq: int, pts_us: int, w: int, h: int, key: str) -> bytes:
-    """A frame header carrying the stream's key (so this publisher feeds the stream its control client claimed)."""
-    return msgpack.packb({**msgpack.unpackb(frame_header(stream, seq, pts_us, w, h)), "key": key})
-
-
 async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, warmup: float, model: bool) -> Run:
     ctx = zmq.asyncio.Context()
     pub, sub, ctl = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)
@@ -264,7 +259,7 @@ async def zmq_run(ev: dict, size: tuple[int, int], fps: float, seconds: float, w
                 break
             sent[seq] = time.monotonic()
             await pub.send_multipart(
-                [keyed_header(stream, seq, round(seq * 1e6 / fps), w, h, key), frames[seq % len(frames)]]
+                [frame_header(stream, seq, round(seq * 1e6 / fps), w, h, key=key), frames[seq % len(frames)]]
             )
             seq += 1
         t1, cpu1 = time.monotonic(), cpu_seconds(ev["pid"])

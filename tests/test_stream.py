@@ -173,7 +173,8 @@ def test_transports_and_stream_never_import_the_node():
 
 def test_frame_header_checks():
     h = parse_frame(frame_header("cam", 5, -7, 4, 2), b"\0" * 24, LIMITS)
-    assert (h.stream, h.seq, h.pts_us, h.w, h.h) == ("cam", 5, -7, 4, 2)
+    assert (h.stream, h.seq, h.pts_us, h.w, h.h, h.key) == ("cam", 5, -7, 4, 2, None)
+    assert parse_frame(frame_header("cam", 5, 0, 4, 2, key="k" * 16), b"\0" * 24, LIMITS).key == "k" * 16
     with pytest.raises(ProtocolError, match="payload of 23 bytes"):
         parse_frame(frame_header("cam", 5, 0, 4, 2), b"\0" * 23, LIMITS)
     big = msgpack.packb({"v": 1, "stream": "c", "seq": 0, "pts_us": 0, "w": 4096, "h": 4096, "fmt": "rgb24"})
@@ -428,8 +429,8 @@ def test_a_one_frame_first_chunk_starts_the_stream_on_the_first_camera_frame():
     assert load_pipeline(ModelSettings(name="tiny-random", latent_frames_per_chunk=2)).frames_per_chunk(True) == 5
     st_t2v = pipe.new_stream_state(params)
     assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 1 and st_t2v.kv.frames_seen == 1
-    seen = [0, st_t2v.kv.visible_frames]  # what each chunk attends to: the last of `chunks_to_fill` is the first
-    # to see a full cache
+    # What each chunk attends to: the last of `chunks_to_fill` chunks is the first to see a full cache.
+    seen = [0, st_t2v.kv.visible_frames]
     for _ in range(pipe.chunks_to_fill() + 1):
         assert pipe.generate_chunk(st_t2v, (32, 32)).shape[0] == 8
         seen.append(st_t2v.kv.visible_frames)

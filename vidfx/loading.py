@@ -106,8 +106,8 @@ def _tiny_random() -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
 
 
 def _wan_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, TextEncoder]:
-    """The Wan2.1-1.3B DiT with Wan's initialisation (the output head made live), the Wan VAE and TAEHV (where
-    `settings` encode or decode with it) with random weights, and the hashing text encoder at umT5's width.
+    """The Wan2.1-1.3B DiT with Wan's initialisation (the output head made live), the Wan VAE and TAEHV (each
+    where `settings` encode or decode with it) with random weights, and the hashing text encoder at umT5's width.
     Built on the model's device: seconds on a GPU, where the 1.4 B parameters' CPU initialisation takes a minute."""
     from vidfx.autoencoder.loading import build_autoencoder
     from vidfx.text.small import HashTextEncoder
@@ -118,19 +118,22 @@ def _wan_random(settings: ModelSettings) -> tuple[CausalDiT, VideoAutoencoder, T
         torch.manual_seed(0)
         dit = CausalDiT(cfg)
         torch.nn.init.normal_(dit.head.head.weight, std=0.02)
-        wan = build_autoencoder("wan2.1")
-        tae = build_autoencoder("taew2.1") if "tae" in (settings.encoder, settings.decoder) else None
+        sides = (settings.encoder, settings.decoder)
+        wan = build_autoencoder("wan2.1") if "wan" in sides else None
+        tae = build_autoencoder("taew2.1") if "tae" in sides else None
     return dit, autoencoder_sides(wan, tae, settings), HashTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
 
 
-def autoencoder_sides(wan: VideoAutoencoder, tae: VideoAutoencoder | None, settings: ModelSettings) -> VideoAutoencoder:
+def autoencoder_sides(
+    wan: VideoAutoencoder | None, tae: VideoAutoencoder | None, settings: ModelSettings
+) -> VideoAutoencoder:
     """The autoencoder a pipeline runs: `settings.encoder` encodes and `settings.decoder` decodes ("wan" or
     "tae"). Both speak the DiT's normalised latents, so a pair needs no conversion between them."""
     from vidfx.autoencoder import AutoencoderPair
 
     encoding = tae if settings.encoder == "tae" else wan
     decoding = tae if settings.decoder == "tae" else wan
-    assert encoding is not None and decoding is not None, "TAEHV asked for but not given"
+    assert encoding is not None and decoding is not None, f"{settings.encoder}/{settings.decoder}: a side is missing"
     return encoding if encoding is decoding else AutoencoderPair(encoding, decoding)
 
 

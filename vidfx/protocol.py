@@ -184,12 +184,17 @@ def check_audio_part(header: FrameHeader, pcm_bytes: int | None, limits: LimitSe
         raise ProtocolError(f"audio part of {pcm_bytes} bytes is not whole s16 samples of {header.audio.channels} ch")
 
 
-def frame_header(stream: str, seq: int, pts_us: int, w: int, h: int, audio: tuple[int, int] | None = None) -> bytes:
-    """`audio`: (rate, channels) when a PCM part follows the pixels."""
+def frame_header(
+    stream: str, seq: int, pts_us: int, w: int, h: int, audio: tuple[int, int] | None = None, key: str | None = None
+) -> bytes:
+    """`audio`: (rate, channels) when a PCM part follows the pixels; `key`: the stream's key (claims it, or feeds
+    a stream a control client claimed with it)."""
     head: dict[str, Any] = {"v": PROTOCOL_VERSION, "stream": stream, "seq": seq, "pts_us": pts_us, "w": w, "h": h,
                             "fmt": "rgb24"}  # fmt: skip
     if audio is not None:
         head["audio"] = {"rate": audio[0], "channels": audio[1], "fmt": "s16"}
+    if key is not None:
+        head["key"] = key
     return pack(head)
 
 

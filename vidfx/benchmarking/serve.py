@@ -60,15 +60,20 @@ def _video(n: int, h: int, w: int, seed: int) -> np.ndarray:
 _PIPELINES: dict[str, StylePipeline] = {}  # standalone pipelines of this process, by their settings
 
 
+def standalone_pipeline(model: ModelSettings, accel: AccelSettings) -> StylePipeline:
+    """The standalone pipeline of these settings, built once per process (a compiled 1.3B model compiles once)."""
+    key = model.model_dump_json() + accel.model_dump_json()
+    if key not in _PIPELINES:
+        _PIPELINES[key] = apply_acceleration(load_pipeline(model), accel)
+    return _PIPELINES[key]
+
+
 def standalone(
     model: ModelSettings, accel: AccelSettings, streams: int, seconds: float, size: tuple[int, int], batch: bool
 ) -> dict[str, float]:
     """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams (with the
-    node's acceleration settings). The pipeline is built once per process (a compiled 1.3B model compiles once)."""
-    key = model.model_dump_json() + accel.model_dump_json()
-    if key not in _PIPELINES:
-        _PIPELINES[key] = apply_acceleration(load_pipeline(model), accel)
-    pipe = _PIPELINES[key]
+    node's acceleration settings)."""
+    pipe = standalone_pipeline(model, accel)
     pipe.warm_up(pipe.chunks_to_fill() if accel.compile or accel.cuda_graphs else 2)
     states = [pipe.new_stream_state(StreamParams(prompts=((f"style {i}", 1.0),), seed=i)) for i in range(streams)]
     video = _video(8, size[0], size[1], 0)
@@ -318,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     rows = len(chunk_sigmas(model.steps, model.strength)) + 1  # denoising steps + the cache-write pass
     dit1, ditk = dit_batch_cost(model, rows)
     parts = chunk_breakdown(model)
-    chunk_frames = load_pipeline(model).frames_per_chunk(False)
+    chunk_frames = standalone_pipeline(model, accel).frames_per_chunk(False)
     lines = [
         f"Model `{args.model}`, {args.size[1]}×{args.size[0]} input → "
         f"{model.width}×{model.height} model, {chunk_frames} frames/chunk, steps {model.steps} at strength "
