@@ -45,6 +45,7 @@ def test_gain_share_is_zero_for_the_input_and_one_for_the_perfect_model(look: st
     assert exact.gain_share > 1.0 and exact.ssim_luma == pytest.approx(1.0, abs=1e-4)  # beyond the model's reach
     assert exact.flicker_ratio == pytest.approx(1.0)  # the look's own flicker
     assert nothing.psnr == nothing.psnr_input < perfect.psnr == perfect.psnr_perfect
+    assert nothing.ssim_luma == nothing.ssim_luma_input and perfect.ssim_luma == perfect.ssim_luma_perfect
 
 
 def test_training_refuses_real_video() -> None:

@@ -12,12 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidfx.autoencoder.refiner import REFINER_FILE, DetailRefiner, RefinerConfig, load_refiner, save_refiner
+from vidfx.autoencoder.refiner import (
+    REFINER_FILE,
+    DetailRefiner,
+    RefinerConfig,
+    load_refiner,
+    pooled_text,
+    save_refiner,
+)
 from vidfx.commands.train_refiner import export_with_refiner
 from vidfx.config import ModelSettings
+from vidfx.data.looks import LOOKS
 from vidfx.loading import MODEL_ALIASES, load_pipeline, resolve
 from vidfx.pipeline import StreamParams, StylePipeline
-from vidfx.train.refiner import build_refiner_data, load_shards, train_refiner
+from vidfx.train.refiner import _initial_refiner, build_refiner_data, load_shards, train_refiner
 from vidfx.weights import CheckpointError
 
 SMALL = RefinerConfig(channels=8, blocks=1)
@@ -74,6 +82,61 @@ def test_save_load_roundtrip_and_a_foreign_file_is_refused(tmp_path: Path) -> No
         load_refiner(tmp_path / "other.safetensors")
 
 
+def test_prompt_conditioning_starts_neutral_and_then_the_prompt_steers_the_output() -> None:
+    cfg = RefinerConfig(channels=8, blocks=2, text_dim=6)
+    base, guide = torch.rand(2, 3, 8, 12) * 2 - 1, torch.rand(2, 3, 16, 24) * 2 - 1
+    text = torch.randn(2, 6)
+    up = F.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(DetailRefiner(cfg).eval()(base, guide, text), up.clamp(-1, 1), atol=1e-6, rtol=0)
+        r = live(cfg)
+        a, b = r(base, guide, text), r(base, guide, -text)
+        assert (a - b).abs().mean() > 1e-3
+        # one prompt for the whole batch (a stream's chunk) is the same prompt on every frame
+        torch.testing.assert_close(r(base, guide, text[0]), r(base, guide, text[:1].expand(2, -1)))
+    with pytest.raises(ValueError, match="pooled text embedding"):
+        r(base, guide)
+    # the hash encoder's rows are one word each, zero after the last: pooled is their sum, blends stay blends
+    emb = torch.zeros(16, 6)
+    emb[:3] = torch.randn(3, 6)
+    torch.testing.assert_close(pooled_text(emb), emb[:3].sum(0))
+    torch.testing.assert_close(pooled_text(0.25 * emb + 0.75 * emb.flip(0)), pooled_text(emb))
+
+
+def test_tone_curve_maps_the_guides_full_resolution_luma_through_the_knots() -> None:
+    """Head weights zero, the tone rows' biases = a curve's values at the knots: the output is the upsampled
+    base + the curve at each guide pixel's luma, linearly interpolated between knots (as np.interp)."""
+    k = 5
+    r = DetailRefiner(RefinerConfig(channels=8, blocks=1, tone_bins=k)).eval()
+    curve = torch.tensor([[-0.5, -0.1, 0.2, 0.3, 0.6], [0.0, 0.1, 0.0, -0.2, -0.4], [0.3, 0.3, 0.2, 0.1, 0.0]])
+    rows = 3 * 4 + r.cfg.textures
+    with torch.no_grad():
+        r.head.bias[rows:] = curve.flatten()
+        base = torch.rand(1, 3, 4, 6) * 0.4 - 0.2
+        guide = torch.rand(1, 3, 8, 12) * 2 - 1
+        out = r(base, guide)
+    y = ((0.299 * guide[0, 0] + 0.587 * guide[0, 1] + 0.114 * guide[0, 2] + 1) / 2).numpy()
+    knots = np.linspace(0, 1, k)
+    tone = np.stack([np.interp(y, knots, curve[c].numpy()) for c in range(3)])
+    up = F.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone, -1, 1), atol=1e-5)
+
+
+def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> None:
+    r = live(RefinerConfig(channels=8, blocks=2), seed=3)
+    base, guide = torch.rand(2, 3, 8, 12) * 2 - 1, torch.rand(2, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        want = r(base, guide)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        save_refiner(r, Path(d) / REFINER_FILE)
+        wide = _initial_refiner(RefinerConfig(text_dim=6, tone_bins=4), Path(d) / REFINER_FILE).eval()
+    assert (wide.cfg.channels, wide.cfg.text_dim, wide.cfg.tone_bins) == (8, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
+
+
 def tiny_pipe(refiner: DetailRefiner | None, size: int = 64) -> StylePipeline:
     base = load_pipeline(ModelSettings(name="tiny-random", height=size, width=size))
     return StylePipeline(base.dit, base.autoencoder, base.text, base.settings, name="t", refiner=refiner)
@@ -91,9 +154,9 @@ def test_pipeline_encodes_half_resolution_and_guides_the_refiner_with_the_camera
         seen["encoded"] = frames
         return encode(frames, cache)
 
-    def spy_refine(base: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    def spy_refine(base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
         seen["base"], seen["guide"] = base, guide  # type: ignore[assignment]
-        return forward(base, guide)
+        return forward(base, guide, text)
 
     pipe.autoencoder.encode_raw = spy_encode  # type: ignore[method-assign]
     r.forward = spy_refine  # type: ignore[method-assign]
@@ -113,6 +176,30 @@ def test_pipeline_encodes_half_resolution_and_guides_the_refiner_with_the_camera
     gen_state = pipe.new_stream_state(StreamParams())
     video = pipe.generate_chunk(gen_state, (48, 64))
     assert video.shape == (1, 48, 64, 3) and seen["guide"] is None
+
+
+def test_pipeline_gives_a_conditioned_refiner_the_streams_pooled_prompt() -> None:
+    text_dim = tiny_pipe(None).dit.cfg.text_dim
+    r = live(RefinerConfig(channels=8, blocks=1, text_dim=text_dim, tone_bins=4))
+    pipe = tiny_pipe(r)
+    seen: list[torch.Tensor] = []
+    forward = r.forward
+
+    def spy(base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
+        assert text is not None
+        seen.append(text)
+        return forward(base, guide, text)
+
+    r.forward = spy  # type: ignore[method-assign]
+    frames = np.random.default_rng(1).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    outs = []
+    for prompt in ("thermal camera", "a comic book page"):
+        state = pipe.new_stream_state(StreamParams(prompts=((prompt, 1.0),)))
+        outs.append(pipe.process_chunk(state, frames))
+        torch.testing.assert_close(seen[-1], pooled_text(pipe.embed(((prompt, 1.0),))))
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).mean() > 0.5
+    video = pipe.generate_chunk(pipe.new_stream_state(StreamParams()), (48, 64))  # text-to-video: no guide
+    assert video.shape == (1, 48, 64, 3)
 
 
 def test_a_weights_folder_carries_its_refiner_and_resolution(tmp_path: Path) -> None:
@@ -150,8 +237,27 @@ def test_training_data_comes_from_the_model_and_training_resumes_exactly(tmp_pat
     s = shards[0]
     assert s["guide"].shape == (2, 64, 96, 3) and s["target"].shape == (4, 64, 96, 3)
     assert s["base"].shape == (4, 32, 48, 3) and s["guide_of"].tolist() == [0, 1, 0, 1]
+    # every sample's caption is recorded (a caption of its look), embedded for a prompt-conditioned refiner
+    embedded = load_shards(tmp_path / "data", embed=lambda c: pooled_text(pipe.embed(((c, 1.0),))))[0]["text"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "data" / "shard_0000.safetensors"), "pt") as f:
+        captions = json.loads(f.metadata()["captions"])
+    assert [c in LOOKS[look].captions for c, look in zip(captions, ["thermal"] * 2 + ["comic"] * 2, strict=True)] == [
+        True
+    ] * 4
+    torch.testing.assert_close(embedded[3], pooled_text(pipe.embed(((captions[3], 1.0),))))
+    conditioned = train_refiner(tmp_path / "data", tmp_path / "text", steps=2, batch=2, progress=None,
+                                cfg=RefinerConfig(channels=8, blocks=1, text_dim=pipe.dit.cfg.text_dim),
+                                embed=lambda c: pooled_text(pipe.embed(((c, 1.0),))))  # fmt: skip
+    assert conditioned.film is not None and conditioned.film.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs `embed`"):
+        train_refiner(tmp_path / "data", tmp_path / "x", steps=1, cfg=conditioned.cfg, progress=None)
     with pytest.raises(ValueError, match="without a refiner"):
         build_refiner_data(tiny_pipe(live(), size=32), tmp_path / "x", 1, progress=None)
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):  # resuming never mixes two sets' samples
+        build_refiner_data(pipe, tmp_path / "data", num_clips=2, seed=8, looks=("thermal", "comic"), frames=5,
+                           keep=(1, 4), shard_clips=1, sizes=sizes, real_imagery=False, progress=None)  # fmt: skip
     kw = dict(batch=2, lr=1e-3, checkpoint_every=2, cfg=SMALL, progress=None)
     whole = train_refiner(tmp_path / "data", tmp_path / "whole", steps=4, **kw)  # type: ignore[arg-type]
     train_refiner(tmp_path / "data", tmp_path / "resumed", steps=2, **kw)  # type: ignore[arg-type]
@@ -172,9 +278,9 @@ def test_refiner_base_is_the_running_blend_of_the_decoded_frames(smoothing: floa
     bases: list[torch.Tensor] = []
     forward = r.forward
 
-    def spy(b: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    def spy(b: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
         bases.extend(b)
-        return forward(b, guide)
+        return forward(b, guide, text)
 
     r.forward = spy  # type: ignore[method-assign]
     state = pipe.new_stream_state(StreamParams())

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
-from vidfx.autoencoder.refiner import DetailRefiner
+from vidfx.autoencoder.refiner import DetailRefiner, pooled_text
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
 from vidfx.generation import denoise_chunk, write_context
@@ -390,7 +390,8 @@ class StylePipeline:
         """The stream's next chunk from noise (text-to-video): uint8 (T, H, W, 3) frames of `size` (H, W).
 
         `image` (H, W, 3) uint8, only for a stream's first chunk: it becomes that chunk (one frame, through the
-        autoencoder) and the context every later chunk attends to — CausVid's zero-shot image-to-video.
+        autoencoder; as it is for a model with a refiner) and the context every later chunk attends to —
+        CausVid's zero-shot image-to-video.
         """
         if image is not None and state.chunks:
             raise ValueError("an image can only start a stream (its first chunk)")
@@ -413,9 +414,14 @@ class StylePipeline:
                 self.dit, noise, [sg for _, sg in pairs], state.cross, state.kv, state.generator,
                 self.settings.context_sigma, timesteps=[t for t, _ in pairs],
             )  # fmt: skip
-        pixels = self._refine(state, state.decoder.decode(x0.to(self.autoencoder.param_dtype)), guide)
-        if image is not None:  # the image is the stream's context, not a frame of the look: no blend carries it on
+        decoded = state.decoder.decode(x0.to(self.autoencoder.param_dtype))  # also advances the decoder's cache
+        if image is not None and guide is not None and self.refiner is not None:
+            # the image is the stream's context, not a frame of the look: shown as it is (a refiner renders the
+            # prompt's look, and the image's detail is finer than the autoencoder keeps), no blend carries it on
+            pixels = guide.float()
             state.refiner_base = None
+        else:
+            pixels = self._refine(state, decoded, guide)
         state.chunks += 1
         return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
 
@@ -448,7 +454,9 @@ class StylePipeline:
         state.refiner_base = last
         base = torch.cat(blended)  # (T, 3, h, w)
         frames = guide[0].transpose(0, 1).to(base) if guide is not None else None
-        return self.refiner(base, frames).transpose(0, 1)[None]
+        # a prompt-conditioned refiner reads the embedding this chunk's DiT ran with (transitions included)
+        text = pooled_text(state.cross_of) if self.refiner.cfg.text_dim and state.cross_of is not None else None
+        return self.refiner(base, frames, text).transpose(0, 1)[None]
 
     def _encode(self, request: ChunkRequest) -> _Prepared:
         st = request.state

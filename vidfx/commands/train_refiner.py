@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vidfx.autoencoder.refiner import REFINER_FILE, RefinerConfig, load_refiner, save_refiner
+from vidfx.autoencoder.refiner import REFINER_FILE, RefinerConfig, load_refiner, pooled_text, save_refiner
 from vidfx.config import ModelSettings
 
 
@@ -29,11 +29,16 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--channels", type=int, default=RefinerConfig.channels)
     p.add_argument("--blocks", type=int, default=RefinerConfig.blocks)
+    p.add_argument(
+        "--text", action="store_true", help="condition the refiner on the prompt (its pooled text embedding)"
+    )
+    p.add_argument("--tone-bins", type=int, default=0, help="a per-pixel tone curve of the guide's luma (knots)")
     p.add_argument("--temporal-weight", type=float, default=2.0, help="weight of the coarse-change term")
     p.add_argument("--init", default=None, help="start from these refiner weights (a fine-tune)")
     p.add_argument("--to", default=None, help="write the model + refiner as a weights folder here")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the training's batches")
+    p.add_argument("--data-seed", type=int, default=7, help="the samples' clips, captions and strengths")
     p.set_defaults(func=run)
 
 
@@ -63,11 +68,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pipe = load_pipeline(ModelSettings(name=args.model, device="cpu"))  # refused if it has a refiner already
     data = Path(args.data) if args.data else out / "data"
-    build_refiner_data(pipe, data, args.clips, seed=args.seed + 7)
+    build_refiner_data(pipe, data, args.clips, seed=args.data_seed)  # resumes; refuses other settings' samples
     refiner = train_refiner(
         data, out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-        temporal_weight=args.temporal_weight, cfg=RefinerConfig(channels=args.channels, blocks=args.blocks),
-        init=args.init,
+        temporal_weight=args.temporal_weight, init=args.init,
+        cfg=RefinerConfig(
+            channels=args.channels, blocks=args.blocks, tone_bins=args.tone_bins,
+            text_dim=pipe.dit.cfg.text_dim if args.text else 0,
+        ),
+        embed=lambda caption: pooled_text(pipe.embed(((caption, 1.0),))),
     )  # fmt: skip
     save_refiner(refiner, out / REFINER_FILE)
     print(f"wrote {out / REFINER_FILE}")

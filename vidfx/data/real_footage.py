@@ -12,7 +12,8 @@ at the model's resolution — `geometry.to_model(S)`, then resized back with `ge
 model that renders the look exactly at its working resolution would show; under `cover` this includes the
 crop's enlargement):
 
-* PSNR (dB, RGB) and luma SSIM of M to L;
+* PSNR (dB, RGB) and luma SSIM of M to L, and P's luma SSIM: the ceiling at the model's resolution (the looks'
+  screen textures — halftone dots, scanlines, grain — are sized in camera pixels, so P's resampled ones miss L's);
 * share of the reachable gain: (PSNR(M, L) − PSNR(S, L)) / (PSNR(P, L) − PSNR(S, L)): 0 = doing nothing
   (returning the input), 1 = the perfect model at the model's resolution; negative = worse than the input;
 * flicker ratio: `coarse_change(M) / coarse_change(L)` (8×8 block means, as vidfx.data.look_eval): 1 = the
@@ -74,6 +75,7 @@ class FootageScore:
     psnr_perfect: float  # the look rendered at the model's resolution and resized back
     ssim_luma: float
     ssim_luma_input: float
+    ssim_luma_perfect: float  # the ceiling at the model's resolution: textures sized in camera pixels resample
     gain_share: float
     flicker_ratio: float  # output's coarse change / the look's own
 
@@ -123,6 +125,7 @@ def score_footage(
         psnr_perfect=p_best,
         ssim_luma=luma_ssim(output, target),
         ssim_luma_input=luma_ssim(source, target),
+        ssim_luma_perfect=luma_ssim(perfect, target),
         gain_share=(p_out - p_in) / reachable if abs(reachable) > 1e-9 else float("nan"),
         flicker_ratio=coarse_change(_tensor(output)) / max(coarse_change(_tensor(target)), 1e-12),
     )
@@ -199,6 +202,7 @@ def footage_summary(scores: Sequence[FootageScore]) -> list[dict]:
                 "psnr_input": float(np.mean([s.psnr_input for s in mine])),
                 "psnr_perfect": float(np.mean([s.psnr_perfect for s in mine])),
                 "ssim_luma": float(np.mean([s.ssim_luma for s in mine])),
+                "ssim_luma_perfect": float(np.mean([s.ssim_luma_perfect for s in mine])),
                 "gain_share": float(np.mean([s.gain_share for s in mine])),
                 "flicker_ratio": float(np.mean([s.flicker_ratio for s in mine])),
                 "worst_flicker_ratio": float(np.max([s.flicker_ratio for s in mine])),
@@ -211,19 +215,22 @@ def footage_table(scores: Sequence[FootageScore]) -> str:
     """A Markdown table of `footage_summary` plus the mean over looks."""
     rows = footage_summary(scores)
     lines = [
-        "| look | clips | PSNR to look (dB) | input's | perfect's | luma SSIM | share of reachable gain | "
+        "| look | clips | PSNR to look (dB) | input's | perfect's | luma SSIM | perfect's | share of reachable gain | "
         "flicker / look's (mean, worst clip) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['look']} | {r['clips']} | {r['psnr']:.2f} | {r['psnr_input']:.2f} | {r['psnr_perfect']:.2f} | "
-            f"{r['ssim_luma']:.3f} | {r['gain_share']:.0%} | {r['flicker_ratio']:.2f}, {r['worst_flicker_ratio']:.2f} |"
+            f"{r['ssim_luma']:.3f} | {r['ssim_luma_perfect']:.3f} | {r['gain_share']:.0%} | "
+            f"{r['flicker_ratio']:.2f}, {r['worst_flicker_ratio']:.2f} |"
         )
     if rows:
-        m = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim_luma", "gain_share", "flicker_ratio")}
+        keys = ("psnr", "ssim_luma", "ssim_luma_perfect", "gain_share", "flicker_ratio")
+        m = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         lines.append(
-            f"| **mean** | | {m['psnr']:.2f} | | | {m['ssim_luma']:.3f} | {m['gain_share']:.0%} | "
+            f"| **mean** | | {m['psnr']:.2f} | | | {m['ssim_luma']:.3f} | {m['ssim_luma_perfect']:.3f} | "
+            f"{m['gain_share']:.1%} | "
             f"{m['flicker_ratio']:.2f} |"
         )
     return "\n".join(lines)

@@ -28,12 +28,13 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vidfx.autoencoder.refiner import DetailRefiner, RefinerConfig, load_refiner
@@ -86,7 +87,14 @@ def build_refiner_data(
         "strengths": list(strengths), "shard_clips": shard_clips, "sizes": [list(s) for s in sizes],
         "model": pipe.name, "pictures": picture_sources(pictures or tuple(PICTURES)),
     }  # fmt: skip
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    written = folder / MANIFEST
+    if written.exists():  # resuming: the shards there must be these settings' (a manifest is never rewritten)
+        old = json.loads(written.read_text())
+        changed = sorted(k for k in manifest if k != "pictures" and old.get(k) != manifest[k])
+        if changed:
+            raise ValueError(f"{folder} holds samples built with other settings ({', '.join(changed)}): another folder")
+    else:
+        written.write_text(json.dumps(manifest, indent=1))
     defaults = StreamParams.from_settings(pipe.settings, StreamSettings())
     shards = (num_clips + shard_clips - 1) // shard_clips
     start = time.perf_counter()
@@ -95,7 +103,7 @@ def build_refiner_data(
         if path.exists():
             continue
         size = sizes[shard % len(sizes)]
-        guides, targets, bases, guide_of = [], [], [], []
+        guides, targets, bases, guide_of, captions_of = [], [], [], [], []
         for index in range(shard * shard_clips, min(num_clips, (shard + 1) * shard_clips)):
             clip = make_clip(seed, index, frames, size, looks=looks, pictures=pictures, picture_share=0.75)
             small = half_size(clip.source)
@@ -104,15 +112,16 @@ def build_refiner_data(
             guides.extend(clip.source[t] for t in keep)
             for look in looks:
                 captions = LOOKS[look].captions
+                caption = captions[int(rng.integers(len(captions)))]
                 params = defaults.with_(
-                    prompts=((captions[int(rng.integers(len(captions)))], 1.0),),
-                    strength=float(strengths[int(rng.integers(len(strengths)))]),
+                    prompts=((caption, 1.0),), strength=float(strengths[int(rng.integers(len(strengths)))])
                 )
                 output = np.concatenate(list(stylize_frames(pipe, ((f, 0) for f in small), params)))
                 for j, t in enumerate(keep):
                     targets.append(clip.styled[look][t])
                     bases.append(output[t])
                     guide_of.append(first_guide + j)
+                    captions_of.append(caption)
         tensors = {
             "guide": torch.from_numpy(np.stack(guides)),
             "target": torch.from_numpy(np.stack(targets)),
@@ -120,7 +129,7 @@ def build_refiner_data(
             "guide_of": torch.tensor(guide_of, dtype=torch.int64),
         }
         tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"size": json.dumps(size)})
+        save_file(tensors, str(tmp), metadata={"size": json.dumps(size), "captions": json.dumps(captions_of)})
         tmp.replace(path)
         if progress is not None:
             done = min(num_clips, (shard + 1) * shard_clips)
@@ -128,10 +137,26 @@ def build_refiner_data(
     return folder
 
 
-def load_shards(folder: str | Path) -> list[dict[str, torch.Tensor]]:
-    shards = [load_file(str(p)) for p in sorted(Path(folder).glob("shard_*.safetensors"))]
-    if not shards:
+def load_shards(
+    folder: str | Path, embed: Callable[[str], torch.Tensor] | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Every shard's tensors; with `embed` (caption → pooled text embedding (D,)), also "text" (N, D): each
+    sample's caption embedded, for a refiner conditioned on the prompt."""
+    paths = sorted(Path(folder).glob("shard_*.safetensors"))
+    if not paths:
         raise FileNotFoundError(f"{folder}: no refiner data shards (build_refiner_data)")
+    shards, embedded = [], {}
+    for path in paths:
+        shard = load_file(str(path))
+        if embed is not None:
+            with safe_open(str(path), "pt") as f:
+                captions = json.loads((f.metadata() or {}).get("captions", "null"))
+            if captions is None:
+                raise ValueError(f"{path}: no captions (built before shards recorded them): rebuild the data")
+            for caption in set(captions) - embedded.keys():
+                embedded[caption] = embed(caption).float()
+            shard["text"] = torch.stack([embedded[c] for c in captions])
+        shards.append(shard)
     return shards
 
 
@@ -142,9 +167,10 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def sample_batch(
     shards: Sequence[dict[str, torch.Tensor]], batch: int, seed: int, step: int, guide_dropout: float
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(base, guide or None, target) of step `step`, a pure function of (seed, step): `batch` pairs of
-    successive kept frames of one clip in one look, the earlier frames first, then the later ones (2·batch)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(base, guide or None, target, text or None) of step `step`, a pure function of (seed, step): `batch`
+    pairs of successive kept frames of one clip in one look, the earlier frames first, then the later ones
+    (2·batch); text where the shards carry it (`load_shards`' `embed`)."""
     rng = np.random.default_rng([seed, step])
     shard = shards[int(rng.integers(len(shards)))]
     guide_of = shard["guide_of"]
@@ -153,7 +179,8 @@ def sample_batch(
     first = starts[torch.from_numpy(rng.integers(len(starts), size=batch))]
     idx = torch.cat([first, first + 1])
     guide = None if rng.random() < guide_dropout else _unit(shard["guide"][guide_of[idx]])
-    return _unit(shard["base"][idx]), guide, _unit(shard["target"][idx])
+    text = shard["text"][idx] if "text" in shard else None
+    return _unit(shard["base"][idx]), guide, _unit(shard["target"][idx]), text
 
 
 def temporal_loss(output: torch.Tensor, target: torch.Tensor, block: int = 8) -> torch.Tensor:
@@ -178,15 +205,20 @@ def train_refiner(
     checkpoint_every: int = 250,
     cfg: RefinerConfig | None = None,
     init: str | Path | None = None,
+    embed: Callable[[str], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> DetailRefiner:
     """Train (or resume) a refiner on `data`'s shards (module docstring); returns it in eval mode. `batch`
-    pairs of frames a step; `init`: start from these refiner weights (their configuration wins over `cfg`)."""
+    pairs of frames a step; `init`: start from these refiner weights (their configuration wins over `cfg`,
+    except that a `cfg` asking for prompt conditioning or a tone curve adds them, zero-initialised, to the
+    initial weights); `embed`: caption → pooled text embedding, for a refiner conditioned on the prompt."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    shards = load_shards(data)
     torch.manual_seed(seed)
-    refiner = load_refiner(init).train() if init else DetailRefiner(cfg or RefinerConfig())
+    refiner = _initial_refiner(cfg or RefinerConfig(), init)
+    if refiner.cfg.text_dim and embed is None:
+        raise ValueError("a refiner conditioned on the prompt needs `embed` to train")
+    shards = load_shards(data, embed if refiner.cfg.text_dim else None)
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.0)
     dist = Dist()
     done, history = 0, []
@@ -199,8 +231,8 @@ def train_refiner(
     while done < steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(done, steps, lr, warmup_steps=100, min_lr_ratio=0.05)
-        base, guide, target = sample_batch(shards, batch, seed, done, guide_dropout)
-        output = refiner(base, guide)
+        base, guide, target, text = sample_batch(shards, batch, seed, done, guide_dropout)
+        output = refiner(base, guide, text)
         loss = reconstruction_loss(output, target, edge_weight) + temporal_weight * temporal_loss(output, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,3 +251,20 @@ def train_refiner(
             with open(run / "losses.csv", "w", newline="") as f:
                 csv.writer(f).writerows([["step", "loss"], *history])
     return refiner.eval()
+
+
+def _initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
+    """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning and tone curve where
+    `init` has none: the new parameters start at zero, so the widened refiner computes what `init` did."""
+    if init is None:
+        return DetailRefiner(cfg).train()
+    loaded = load_refiner(init)
+    extra = {"text_dim": cfg.text_dim or loaded.cfg.text_dim, "tone_bins": cfg.tone_bins or loaded.cfg.tone_bins}
+    if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
+        return loaded.train()
+    widened = DetailRefiner(replace(loaded.cfg, **extra))
+    state = widened.state_dict()
+    for name, value in loaded.state_dict().items():
+        state[name][tuple(slice(0, n) for n in value.shape)] = value  # the head's new output rows stay zero
+    widened.load_state_dict(state)
+    return widened.train()
