@@ -43,11 +43,13 @@ looks=(pencil_sketch thermal watercolor vintage_sepia comic night_vision)
   --init runs/refiner/refiner.safetensors --steps 3000 --lr 1e-3 --threads 2
 # Then told the look: the prompt steers the refiner (FiLM from the pooled text embedding) and a tone curve of the
 # camera's luma per pixel; the new weights start at zero, so it starts as the refiner above. 1,500 steps (16 min),
-# then 2,500 more at half the learning rate (23 min).
+# then 2,500 more at lr 5e-4 and 2,500 at 3e-4 (23 min each; each a new batch seed).
 "$vidfx" train-refiner runs/refiner_tt --model runs/default_base --data runs/refiner/data \
   --init runs/refiner_t/refiner.safetensors --text --tone-bins 8 --steps 1500 --lr 1e-3 --threads 2
 "$vidfx" train-refiner runs/refiner_tt2 --model runs/default_base --data runs/refiner/data \
-  --init runs/refiner_tt/refiner.safetensors --steps 2500 --lr 5e-4 --seed 1 --threads 2 --to "$dest"
+  --init runs/refiner_tt/refiner.safetensors --steps 2500 --lr 5e-4 --seed 1 --threads 2
+"$vidfx" train-refiner runs/refiner_tt3 --model runs/default_base --data runs/refiner/data \
+  --init runs/refiner_tt2/refiner.safetensors --steps 2500 --lr 3e-4 --seed 2 --threads 2 --to "$dest"
 "$vidfx" eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"
 "$vidfx" eval --model "$dest" --real-footage --footage pedestrians,tree,animation --footage-frames 17 \
   --out "$dest/real_footage.json"

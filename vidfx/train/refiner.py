@@ -12,8 +12,9 @@ H.264 copies. Each clip, 2×-downsampled, runs through the model being refined (
 refiner: `pipe.refiner` is None) in every look, with one of the look's captions and a strength from
 `strengths`, chunk by chunk as the live node runs it; the decoded frames at `keep` are the refiner's `base`
 input, the clip's frame at 256 px its `guide`, the look rendered at 256 px its `target`. So the refiner learns
-to fix what this DiT actually gets wrong. A shard holds `shard_clips` clips of one size; `manifest.json`
-lists the settings and every picture's source and licence.
+to fix what this DiT actually gets wrong. A shard holds `shard_clips` clips of one size and each sample's
+caption (its metadata: a refiner told the look trains on their embeddings); `manifest.json` lists the settings
+and every picture's source and licence, and a folder is only ever resumed with the same settings.
 
 *Training.* L1 + edge L1 (`reconstruction_loss`: image gradients are where pencil strokes and faces live) +
 a temporal term on pairs of successive kept frames (`temporal_loss`: the output's coarse change from one to
