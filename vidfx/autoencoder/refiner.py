@@ -181,7 +181,7 @@ class DetailRefiner(nn.Module):
 
     def _films(self, text: torch.Tensor | None, like: torch.Tensor) -> list[Film | None]:
         """Per stage (stem, each block): FiLM (scale, shift) from the pooled prompt — (1, C) each for one prompt
-        (text (D,)), (N, C) for one a sample — or None everywhere for an unconditioned refiner."""
+        (text (D,)), (N, C) for a prompt per sample — or None everywhere for an unconditioned refiner."""
         stages = self.cfg.blocks + 1
         if self.film is None:
             return [None] * stages
