@@ -25,7 +25,7 @@ from vidfx.config import ModelSettings
 from vidfx.data.looks import LOOKS
 from vidfx.loading import MODEL_ALIASES, load_pipeline, resolve
 from vidfx.pipeline import StreamParams, StylePipeline
-from vidfx.train.refiner import _initial_refiner, build_refiner_data, load_shards, train_refiner
+from vidfx.train.refiner import build_refiner_data, initial_refiner, load_shards, train_refiner
 from vidfx.weights import CheckpointError
 
 SMALL = RefinerConfig(channels=8, blocks=1)
@@ -131,7 +131,7 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
 
     with tempfile.TemporaryDirectory() as d:
         save_refiner(r, Path(d) / REFINER_FILE)
-        wide = _initial_refiner(RefinerConfig(text_dim=6, tone_bins=4), Path(d) / REFINER_FILE).eval()
+        wide = initial_refiner(RefinerConfig(text_dim=6, tone_bins=4), Path(d) / REFINER_FILE).eval()
     assert (wide.cfg.channels, wide.cfg.text_dim, wide.cfg.tone_bins) == (8, 6, 4)
     with torch.no_grad():
         torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
@@ -243,9 +243,8 @@ def test_training_data_comes_from_the_model_and_training_resumes_exactly(tmp_pat
 
     with safe_open(str(tmp_path / "data" / "shard_0000.safetensors"), "pt") as f:
         captions = json.loads(f.metadata()["captions"])
-    assert [c in LOOKS[look].captions for c, look in zip(captions, ["thermal"] * 2 + ["comic"] * 2, strict=True)] == [
-        True
-    ] * 4
+    looks = ["thermal"] * 2 + ["comic"] * 2
+    assert len(captions) == 4 and all(c in LOOKS[look].captions for c, look in zip(captions, looks, strict=True))
     torch.testing.assert_close(embedded[3], pooled_text(pipe.embed(((captions[3], 1.0),))))
     conditioned = train_refiner(tmp_path / "data", tmp_path / "text", steps=2, batch=2, progress=None,
                                 cfg=RefinerConfig(channels=8, blocks=1, text_dim=pipe.dit.cfg.text_dim),

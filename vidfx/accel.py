@@ -69,6 +69,12 @@ def accelerate_dit(dit: CausalDiT, accel: AccelSettings) -> CausalDiT:
     return dit
 
 
+def warmup_chunks(pipe: StylePipeline, accel: AccelSettings, chunks: int) -> int:
+    """How many chunks to warm `pipe` up with: `chunks`, or with compile or CUDA graphs on at least every shape a
+    stream meets at the configured resolution (`chunks_to_fill`), so no stream compiles mid-stream."""
+    return max(chunks, pipe.chunks_to_fill()) if accel.compile or accel.cuda_graphs else chunks
+
+
 def apply_acceleration(pipe: StylePipeline, accel: AccelSettings) -> StylePipeline:
     """Apply `accel` to a built pipeline in place (its DiT and its frame transfers) and return it."""
     accelerate_dit(pipe.dit, accel)

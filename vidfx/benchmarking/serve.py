@@ -30,7 +30,7 @@ import torch
 import zmq
 import zmq.asyncio
 
-from vidfx.accel import apply_acceleration
+from vidfx.accel import apply_acceleration, warmup_chunks
 from vidfx.config import AccelSettings, ModelSettings, add_settings_flags, resolve_threads, settings_from_args
 from vidfx.generation import denoise_chunk
 from vidfx.loading import load_pipeline
@@ -74,7 +74,7 @@ def standalone(
     """Frames per second and per CPU-second of the pipeline alone for `streams` concurrent streams (with the
     node's acceleration settings)."""
     pipe = standalone_pipeline(model, accel)
-    pipe.warm_up(pipe.chunks_to_fill() if accel.compile or accel.cuda_graphs else 2)
+    pipe.warm_up(warmup_chunks(pipe, accel, 2))
     states = [pipe.new_stream_state(StreamParams(prompts=((f"style {i}", 1.0),), seed=i)) for i in range(streams)]
     video = _video(8, size[0], size[1], 0)
     frames = 0

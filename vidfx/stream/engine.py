@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vidfx.accel import warmup_chunks
 from vidfx.config import Settings
 from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
 from vidfx.protocol import check_token
@@ -80,9 +81,7 @@ class Engine:
         """Warm the model up on the worker, then start scheduling. `ready` turns true at the end."""
         loop = asyncio.get_running_loop()
         state = None
-        chunks = self.settings.model.warmup_chunks
-        if self.settings.accel.compile or self.settings.accel.cuda_graphs:  # compile every shape a stream meets
-            chunks = max(chunks, self.pipeline.chunks_to_fill())
+        chunks = warmup_chunks(self.pipeline, self.settings.accel, self.settings.model.warmup_chunks)
         for _ in range(chunks):  # chunk by chunk: a shutdown waits for one at most
             state = await loop.run_in_executor(self._worker, self.pipeline.warm_up, 1, state)
         self._tasks = [asyncio.create_task(self._schedule(), name="vidfx-scheduler"),

@@ -216,7 +216,7 @@ def train_refiner(
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    refiner = _initial_refiner(cfg or RefinerConfig(), init)
+    refiner = initial_refiner(cfg or RefinerConfig(), init)
     if refiner.cfg.text_dim and embed is None:
         raise ValueError("a refiner conditioned on the prompt needs `embed` to train")
     shards = load_shards(data, embed if refiner.cfg.text_dim else None)
@@ -254,7 +254,7 @@ def train_refiner(
     return refiner.eval()
 
 
-def _initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
+def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
     """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning and tone curve where
     `init` has none: the new parameters start at zero, so the widened refiner computes what `init` did."""
     if init is None:
