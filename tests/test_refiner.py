@@ -16,13 +16,14 @@ from vidfx.autoencoder.refiner import (
     REFINER_FILE,
     DetailRefiner,
     RefinerConfig,
+    frame_position,
     load_refiner,
     pooled_text,
     save_refiner,
 )
 from vidfx.commands.train_refiner import export_with_refiner
 from vidfx.config import ModelSettings
-from vidfx.data.looks import LOOKS
+from vidfx.data.looks import LOOKS, _radius
 from vidfx.loading import MODEL_ALIASES, load_pipeline, resolve
 from vidfx.pipeline import StreamParams, StylePipeline
 from vidfx.train.refiner import build_refiner_data, initial_refiner, load_shards, train_refiner
@@ -122,6 +123,36 @@ def test_tone_curve_maps_the_guides_full_resolution_luma_through_the_knots() -> 
     np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone, -1, 1), atol=1e-5)
 
 
+def test_frame_position_measures_the_radius_as_the_looks_vignettes_do() -> None:
+    pos = frame_position((6, 10))
+    torch.testing.assert_close(pos[2], _radius(torch.zeros(1, 3, 6, 10)))
+    torch.testing.assert_close(pos[3], pos[2] ** 2)
+    torch.testing.assert_close(pos[0], -pos[0].flip(1))  # u runs from edge to edge through the centre
+    torch.testing.assert_close(pos[1], -pos[1].flip(0))
+
+
+def test_frame_position_adds_a_map_of_the_radius_built_once_per_size() -> None:
+    """Every weight zero but the radius's share of the stem and the head's colour rows: a flat frame comes out
+    as the flat value plus that radius map on each base pixel's 2×2 block, exactly; the evaluation-mode map is
+    cached per size and equals the one made afresh while training."""
+    r = DetailRefiner(RefinerConfig(channels=4, blocks=1, position=True)).eval()
+    with torch.no_grad():
+        for p in r.parameters():
+            p.zero_()
+        r.place.weight[:, 2] = 1.0  # relu(radius) on every feature
+        r.head.weight[:12] = 0.1  # each sub-pixel's colour: 0.1 · Σ features = 0.4 · radius
+    base, guide = torch.full((1, 3, 8, 12), 0.2), torch.full((1, 3, 16, 24), 0.2)
+    with torch.no_grad():
+        out = r(base, guide)
+        again = r(base, guide)
+    want = 0.2 + 0.4 * frame_position((8, 12)).repeat_interleave(2, 1).repeat_interleave(2, 2)[2]
+    torch.testing.assert_close(out[0], want.expand(3, -1, -1))
+    assert len(r._placed) == 1
+    torch.testing.assert_close(again, out)
+    torch.testing.assert_close(r(base, guide).detach(), out)  # grad enabled: made afresh, nothing cached
+    assert not r._placed
+
+
 def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> None:
     r = live(RefinerConfig(channels=8, blocks=2), seed=3)
     base, guide = torch.rand(2, 3, 8, 12) * 2 - 1, torch.rand(2, 3, 16, 24) * 2 - 1
@@ -131,8 +162,8 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
 
     with tempfile.TemporaryDirectory() as d:
         save_refiner(r, Path(d) / REFINER_FILE)
-        wide = initial_refiner(RefinerConfig(text_dim=6, tone_bins=4), Path(d) / REFINER_FILE).eval()
-    assert (wide.cfg.channels, wide.cfg.text_dim, wide.cfg.tone_bins) == (8, 6, 4)
+        wide = initial_refiner(RefinerConfig(text_dim=6, tone_bins=4, position=True), Path(d) / REFINER_FILE).eval()
+    assert (wide.cfg.channels, wide.cfg.text_dim, wide.cfg.tone_bins, wide.cfg.position) == (8, 6, 4, True)
     with torch.no_grad():
         torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
 

@@ -22,6 +22,9 @@ Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the b
   refiner otherwise reads which look to draw from the base's colours, and the DiT's 128-px base is the weakest
   part of the model (27% of the reachable gain on real footage alone); told the look, the refiner takes it
   from the camera frame and the base's layout;
+* with `position`, where a base pixel sits in the frame (`frame_position`: u, v, radius, radius²) adds to the
+  stem's pre-activations through a 1×1 map: sepia's vignette and night vision's eyepiece are functions of the
+  place in the frame, which neither input carries at full resolution (a fixed map per frame size at inference);
 * a 1×1 head gives 12 sub-pixel channels (pixel-shuffled: the full-resolution colour, added to the bilinearly
   upsampled base), one amplitude map per learnt screen texture (`textures`) and, with `tone_bins`, a tone
   curve per base pixel applied to the luma of its 2×2 guide pixels (`_tone`);
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,10 +57,24 @@ class RefinerConfig:
     textures: int = 6  # learnt mixtures of the waves, each with its own amplitude map
     text_dim: int = 0  # > 0: conditioned on the prompt, the pooled text embedding of this width (FiLM)
     tone_bins: int = 0  # > 0: a tone curve of the guide's luma per base pixel, with this many knots
+    position: bool = False  # the base pixel's place in the frame steers the stem (vignettes, eyepieces)
 
     @property
     def waves(self) -> int:
         return len(self.periods) * 8  # 4 directions × (sin, cos)
+
+
+def frame_position(hw: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Where each pixel of an (H, W) frame sits: u, v (−1 … 1 across the frame, at the pixel centres), the
+    radius r = √(u² + v²) (1 at the middle of each edge, as the looks measure vignettes) and r²: (4, H, W)."""
+    h, w = hw
+    v, u = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float64) + 0.5) / h * 2 - 1,
+        (torch.arange(w, dtype=torch.float64) + 0.5) / w * 2 - 1,
+        indexing="ij",
+    )
+    r2 = u * u + v * v
+    return torch.stack([u, v, r2.sqrt(), r2]).to(dtype)
 
 
 def screen_waves(hw: tuple[int, int], periods: tuple[float, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -111,6 +129,10 @@ class DetailRefiner(nn.Module):
         self.stem = nn.Conv2d(3 * s * s + 3 + 1, c, 3, padding=1)
         self.body = nn.Sequential(*[_Block(c) for _ in range(cfg.blocks)])
         self.head = nn.Conv2d(c, 3 * s * s + cfg.textures + 3 * cfg.tone_bins, 1)
+        # the frame position's share of the stem's pre-activations: a fixed map per frame size once trained
+        self.place = nn.Conv2d(4, c, 1, bias=False) if cfg.position else None
+        if self.place is not None:
+            nn.init.zeros_(self.place.weight)
         # FiLM: the prompt scales and shifts the stem's and every block's pre-activations (zero: unconditioned)
         self.film = nn.Linear(cfg.text_dim, 2 * c * (cfg.blocks + 1)) if cfg.text_dim else None
         if self.film is not None:
@@ -121,6 +143,7 @@ class DetailRefiner(nn.Module):
         self.mixing = nn.Parameter(torch.randn(cfg.textures, cfg.waves) / math.sqrt(cfg.waves))
         self._waves: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self._textures: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._placed: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self.to(memory_format=torch.channels_last)
 
     @property
@@ -135,18 +158,37 @@ class DetailRefiner(nn.Module):
         return self._waves[key]
 
     def textures(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """The learnt screen textures of an output size (textures, H, W): mixed from the waves on every call
-        while training, built once per size when not (the mixing is then fixed)."""
+        """The learnt screen textures of an output size (textures, H, W)."""
+        return self._fixed(self._textures, hw, like, self._mix)
+
+    def placed(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """The stem's position term for a base of size `hw`: `place` applied to `frame_position` (1, C, h, w)."""
+        return self._fixed(self._placed, hw, like, self._place)
+
+    def _fixed(
+        self,
+        cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor],
+        hw: tuple[int, int],
+        like: torch.Tensor,
+        make: Callable[[tuple[int, int], torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """`make(hw, like)`, a map of the weights and the frame size only: made on every call while training,
+        once per size, dtype and device when not (the weights are then fixed)."""
         if self.training or torch.is_grad_enabled():
-            self._textures.clear()
-            return self._mix(hw, like)
+            cache.clear()
+            return make(hw, like)
         key = (hw[0], hw[1], like.dtype, like.device)
-        if key not in self._textures:
-            self._textures[key] = self._mix(hw, like)
-        return self._textures[key]
+        if key not in cache:
+            cache[key] = make(hw, like)
+        return cache[key]
 
     def _mix(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         return torch.einsum("tk,khw->thw", self.mixing.to(like.dtype), self.waves(hw, like))
+
+    def _place(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        assert self.place is not None
+        pos = frame_position(hw).to(like.device, like.dtype)[None]
+        return self.place(pos).contiguous(memory_format=torch.channels_last)
 
     def forward(self, base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
         """base (N, 3, h, w), guide (N, 3, s·h, s·w) or None, in [-1, 1]; text (N, text_dim) or (text_dim,),
@@ -165,7 +207,10 @@ class DetailRefiner(nn.Module):
         # channels-last: ~10x faster for these small convolutions on the CPU (oneDNN's native layout)
         x = torch.cat([fine, base, has], 1).contiguous(memory_format=torch.channels_last)
         films = self._films(text, base)
-        feat = F.relu(modulated(self.stem, x, films[0]))
+        feat = modulated(self.stem, x, films[0])
+        if self.place is not None:
+            feat = feat + self.placed((h, w), base)
+        feat = F.relu(feat)
         for block, film in zip(self.body, films[1:], strict=True):
             feat = block(feat, film)
         out = self.head(feat)
@@ -246,5 +291,6 @@ __all__ = [
     "load_refiner",
     "pooled_text",
     "save_refiner",
+    "frame_position",
     "screen_waves",
 ]

@@ -211,8 +211,9 @@ def train_refiner(
 ) -> DetailRefiner:
     """Train (or resume) a refiner on `data`'s shards (module docstring); returns it in eval mode. `batch`
     pairs of frames a step; `init`: start from these refiner weights (their configuration wins over `cfg`,
-    except that a `cfg` asking for prompt conditioning or a tone curve adds them, zero-initialised, to the
-    initial weights); `embed`: caption → pooled text embedding, for a refiner conditioned on the prompt."""
+    except that a `cfg` asking for prompt conditioning, a tone curve or the frame position adds them,
+    zero-initialised, to the initial weights); `embed`: caption → pooled text embedding, for a refiner
+    conditioned on the prompt."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -255,12 +256,13 @@ def train_refiner(
 
 
 def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
-    """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning and tone curve where
-    `init` has none: the new parameters start at zero, so the widened refiner computes what `init` did."""
+    """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning, tone curve and frame
+    position where `init` has none: the new parameters start at zero, so the widened refiner computes what
+    `init` did."""
     if init is None:
         return DetailRefiner(cfg).train()
     loaded = load_refiner(init)
-    extra = {"text_dim": cfg.text_dim or loaded.cfg.text_dim, "tone_bins": cfg.tone_bins or loaded.cfg.tone_bins}
+    extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in ("text_dim", "tone_bins", "position")}
     if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
         return loaded.train()
     widened = DetailRefiner(replace(loaded.cfg, **extra))
