@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,23 +105,28 @@ def test_prompt_conditioning_starts_neutral_and_then_the_prompt_steers_the_outpu
     torch.testing.assert_close(pooled_text(0.25 * emb + 0.75 * emb.flip(0)), pooled_text(emb))
 
 
-def test_tone_curve_maps_the_guides_full_resolution_luma_through_the_knots() -> None:
-    """Head weights zero, the tone rows' biases = a curve's values at the knots: the output is the upsampled
-    base + the curve at each guide pixel's luma, linearly interpolated between knots (as np.interp)."""
+@pytest.mark.parametrize("colour_matrix", [False, True])
+def test_tone_curve_and_colour_matrix_act_on_each_full_resolution_guide_pixel(colour_matrix: bool) -> None:
+    """Head weights zero, the tone rows' biases = a curve's values at the knots (and the matrix rows' = a 3×3
+    matrix): the output is the upsampled base + the curve at each guide pixel's luma, linearly interpolated
+    between knots (as np.interp), + the matrix times the pixel's colour."""
     k = 5
-    r = DetailRefiner(RefinerConfig(channels=8, blocks=1, tone_bins=k)).eval()
+    r = DetailRefiner(RefinerConfig(channels=8, blocks=1, tone_bins=k, colour_matrix=colour_matrix)).eval()
     curve = torch.tensor([[-0.5, -0.1, 0.2, 0.3, 0.6], [0.0, 0.1, 0.0, -0.2, -0.4], [0.3, 0.3, 0.2, 0.1, 0.0]])
+    matrix = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.3], [-0.1, 0.2, 0.4]]) * colour_matrix
     rows = 3 * 4 + r.cfg.textures
     with torch.no_grad():
-        r.head.bias[rows:] = curve.flatten()
+        r.head.bias[rows : rows + 3 * k] = curve.flatten()
+        r.head.bias[rows + 3 * k :] = matrix.flatten()[: 9 * colour_matrix]
         base = torch.rand(1, 3, 4, 6) * 0.4 - 0.2
         guide = torch.rand(1, 3, 8, 12) * 2 - 1
         out = r(base, guide)
     y = ((0.299 * guide[0, 0] + 0.587 * guide[0, 1] + 0.114 * guide[0, 2] + 1) / 2).numpy()
     knots = np.linspace(0, 1, k)
     tone = np.stack([np.interp(y, knots, curve[c].numpy()) for c in range(3)])
+    mixed = torch.einsum("ij,jhw->ihw", matrix, guide[0]).numpy()
     up = F.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False)[0].numpy()
-    np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone, -1, 1), atol=1e-5)
+    np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone + mixed, -1, 1), atol=1e-5)
 
 
 def test_frame_position_measures_the_radius_as_the_looks_vignettes_do() -> None:
@@ -162,8 +168,9 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
 
     with tempfile.TemporaryDirectory() as d:
         save_refiner(r, Path(d) / REFINER_FILE)
-        wide = initial_refiner(RefinerConfig(text_dim=6, tone_bins=4, position=True), Path(d) / REFINER_FILE).eval()
-    assert (wide.cfg.channels, wide.cfg.text_dim, wide.cfg.tone_bins, wide.cfg.position) == (8, 6, 4, True)
+        cfg = RefinerConfig(text_dim=6, tone_bins=4, position=True, colour_matrix=True)
+        wide = initial_refiner(cfg, Path(d) / REFINER_FILE).eval()
+    assert wide.cfg == replace(cfg, channels=8, blocks=2)
     with torch.no_grad():
         torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
 

@@ -26,8 +26,8 @@ Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the b
   stem's pre-activations through a 1×1 map: sepia's vignette and night vision's eyepiece are functions of the
   place in the frame, which neither input carries at full resolution (a fixed map per frame size at inference);
 * a 1×1 head gives 12 sub-pixel channels (pixel-shuffled: the full-resolution colour, added to the bilinearly
-  upsampled base), one amplitude map per learnt screen texture (`textures`) and, with `tone_bins`, a tone
-  curve per base pixel applied to the luma of its 2×2 guide pixels (`_tone`);
+  upsampled base), one amplitude map per learnt screen texture (`textures`) and, with `tone_bins` and
+  `colour_matrix`, a tone curve and a colour matrix per base pixel applied to its 2×2 guide pixels (`_guided`);
 * a texture is a learnt mixture of fixed waves: sin/cos of the pixel position along x, y, x+y and x−y at
   `periods` (in pixels of a 128-pixel short side, scaled with the frame) — a convolution cannot place a
   pattern fixed to the screen (hatching, halftone dots, scanlines), it can say how strongly one shows here;
@@ -58,6 +58,12 @@ class RefinerConfig:
     text_dim: int = 0  # > 0: conditioned on the prompt, the pooled text embedding of this width (FiLM)
     tone_bins: int = 0  # > 0: a tone curve of the guide's luma per base pixel, with this many knots
     position: bool = False  # the base pixel's place in the frame steers the stem (vignettes, eyepieces)
+    colour_matrix: bool = False  # a 3×3 matrix per base pixel applied to the colour of its guide pixels
+
+    @property
+    def guided(self) -> int:
+        """Coefficients a colour per base pixel of the guide-pixel functions (tone knots, matrix columns)."""
+        return self.tone_bins + 3 * self.colour_matrix
 
     @property
     def waves(self) -> int:
@@ -128,7 +134,7 @@ class DetailRefiner(nn.Module):
         s, c = cfg.scale, cfg.channels
         self.stem = nn.Conv2d(3 * s * s + 3 + 1, c, 3, padding=1)
         self.body = nn.Sequential(*[_Block(c) for _ in range(cfg.blocks)])
-        self.head = nn.Conv2d(c, 3 * s * s + cfg.textures + 3 * cfg.tone_bins, 1)
+        self.head = nn.Conv2d(c, 3 * s * s + cfg.textures + 3 * cfg.guided, 1)
         # the frame position's share of the stem's pre-activations: a fixed map per frame size once trained
         self.place = nn.Conv2d(4, c, 1, bias=False) if cfg.position else None
         if self.place is not None:
@@ -216,8 +222,8 @@ class DetailRefiner(nn.Module):
         out = self.head(feat)
         k = 3 * s * s + cfg.textures
         sub = out[:, : 3 * s * s]
-        if cfg.tone_bins and guide is not None:
-            sub = sub + self._tone(out[:, k:], fine)
+        if cfg.guided and guide is not None:
+            sub = sub + self._guided(out[:, k:], fine)
         colour = F.pixel_shuffle(sub, s) + F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False)
         amps = F.interpolate(out[:, 3 * s * s : k], scale_factor=s, mode="nearest")  # (N, textures, s·h, s·w)
         texture = (amps * self.textures((h * s, w * s), base)).sum(1, keepdim=True)
@@ -235,24 +241,34 @@ class DetailRefiner(nn.Module):
         film = self.film(text.to(like).reshape(-1, self.cfg.text_dim)).view(-1, stages, 2, self.cfg.channels)
         return [(1 + film[:, i, 0], film[:, i, 1]) for i in range(stages)]
 
-    def _tone(self, coeffs: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        """A tone curve per base pixel applied to the luma of each of its s×s guide pixels: coeffs (N, 3·K, h, w),
-        the curve's value at K evenly spaced luma knots for each colour; fine the pixel-unshuffled guide
-        (N, 3·s², h, w) → (N, 3·s², h, w) in pixel-unshuffled order (each sub-pixel's luma interpolated linearly
-        between its two knots). Why: thermal, sepia and night vision are curves of luma; a curve per base pixel
-        puts them on every full-resolution pixel, where the pixel-shuffled colour must learn each curve as a
-        function of four sub-pixels at once. At the base's resolution, not upsampled: bilinearly upsampled
-        coefficients cost 6.4 ms a frame at 352×256, this 1.9–2.9 ms (the whole refiner: 10–11.5 ms).
+    def _guided(self, coeffs: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        """Per base pixel, functions of the colour of each of its s×s guide pixels: coeffs (N, 3·B, h, w) (B =
+        `cfg.guided`), fine the pixel-unshuffled guide (N, 3·s², h, w) → (N, 3·s², h, w) in pixel-unshuffled
+        order. Why: a base pixel's features must otherwise say each of its 4 full-resolution colours at once;
+        these put one function per base pixel on all of them, at the base's resolution (bilinearly upsampled
+        coefficients cost 6.4 ms a frame at 352×256, the tone curve this way 1.9–2.9 ms):
+        * a tone curve (`tone_bins` K): the value at K evenly spaced luma knots for each colour, the pixel's luma
+          interpolated linearly between its two knots — thermal, sepia and night vision are curves of luma;
+        * a colour matrix (`colour_matrix`, after the curve's rows): 3×3 on the pixel's colour — comic's
+          saturation and watercolor's palette are, locally, linear maps of the camera's colour.
         """
         k, s2 = self.cfg.tone_bins, self.cfg.scale**2
         n, _, h, w = fine.shape
-        # pixels as rows, a (3, K) × (K, s²) product each: 2× faster than channel-first broadcasting or gathers
+        # pixels as rows, a (3, B) × (B, s²) product each: 2× faster than channel-first broadcasting or gathers
         g = fine.permute(0, 2, 3, 1).reshape(n, h, w, 3, s2)
-        pos = (0.299 * g[..., 0, :] + 0.587 * g[..., 1, :] + 0.114 * g[..., 2, :] + 1) * (0.5 * (k - 1))
-        knots = torch.arange(k, dtype=pos.dtype, device=pos.device)
-        hats = (1 - (pos[..., None] - knots).abs()).clamp_min(0)  # (N, h, w, s², K): 2 knots ≠ 0, summing to 1
-        curves = coeffs.permute(0, 2, 3, 1).reshape(n, h, w, 3, k)
-        return (curves @ hats.transpose(-1, -2)).reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
+        coeffs = coeffs.permute(0, 2, 3, 1)
+        rows, basis = [], []
+        if k:
+            pos = (0.299 * g[..., 0, :] + 0.587 * g[..., 1, :] + 0.114 * g[..., 2, :] + 1) * (0.5 * (k - 1))
+            knots = torch.arange(k, dtype=pos.dtype, device=pos.device)
+            basis.append((1 - (pos[..., None] - knots).abs()).clamp_min(0).transpose(-1, -2))  # 2 knots ≠ 0 a pixel
+            rows.append(coeffs[..., : 3 * k].reshape(n, h, w, 3, k))
+        if self.cfg.colour_matrix:
+            basis.append(g)
+            rows.append(coeffs[..., 3 * k :].reshape(n, h, w, 3, 3))
+        if len(rows) > 1:
+            rows, basis = [torch.cat(rows, -1)], [torch.cat(basis, -2)]
+        return (rows[0] @ basis[0]).reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
 
 
 def pooled_text(embedding: torch.Tensor) -> torch.Tensor:

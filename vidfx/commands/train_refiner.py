@@ -34,6 +34,7 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tone-bins", type=int, default=0, help="a per-pixel tone curve of the guide's luma (knots)")
     p.add_argument("--position", action="store_true", help="the frame position steers the refiner (vignettes)")
+    p.add_argument("--colour-matrix", action="store_true", help="a per-pixel 3×3 matrix on the guide's colour")
     p.add_argument("--temporal-weight", type=float, default=2.0, help="weight of the coarse-change term")
     p.add_argument("--init", default=None, help="start from these refiner weights (a fine-tune)")
     p.add_argument("--to", default=None, help="write the model + refiner as a weights folder here")
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         temporal_weight=args.temporal_weight, init=args.init,
         cfg=RefinerConfig(
             channels=args.channels, blocks=args.blocks, tone_bins=args.tone_bins, position=args.position,
+            colour_matrix=args.colour_matrix,
             text_dim=pipe.dit.cfg.text_dim if args.text else 0,
         ),
         embed=lambda caption: pooled_text(pipe.embed(((caption, 1.0),))),

@@ -211,9 +211,8 @@ def train_refiner(
 ) -> DetailRefiner:
     """Train (or resume) a refiner on `data`'s shards (module docstring); returns it in eval mode. `batch`
     pairs of frames a step; `init`: start from these refiner weights (their configuration wins over `cfg`,
-    except that a `cfg` asking for prompt conditioning, a tone curve or the frame position adds them,
-    zero-initialised, to the initial weights); `embed`: caption → pooled text embedding, for a refiner
-    conditioned on the prompt."""
+    except that the widenings a `cfg` asks for are added to them, zero-initialised: `initial_refiner`);
+    `embed`: caption → pooled text embedding, for a refiner conditioned on the prompt."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -256,13 +255,14 @@ def train_refiner(
 
 
 def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
-    """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning, tone curve and frame
-    position where `init` has none: the new parameters start at zero, so the widened refiner computes what
-    `init` did."""
+    """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning, tone curve, frame
+    position and colour matrix where `init` has none: the new parameters start at zero, so the widened refiner
+    computes what `init` did."""
     if init is None:
         return DetailRefiner(cfg).train()
     loaded = load_refiner(init)
-    extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in ("text_dim", "tone_bins", "position")}
+    widenings = ("text_dim", "tone_bins", "position", "colour_matrix")
+    extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in widenings}
     if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
         return loaded.train()
     widened = DetailRefiner(replace(loaded.cfg, **extra))
