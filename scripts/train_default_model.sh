@@ -35,21 +35,11 @@ looks=(pencil_sketch thermal watercolor vintage_sepia comic night_vision)
   --to runs/default_base --looks "${looks[@]}"
 # The detail refiner (issue 20): the model above renders the looks at 128 px on the short side; the refiner,
 # trained on that model's own outputs for clips of real photographs at 256 px (4:3, 16:9, 1:1), renders them at
-# 256 px with the camera frame as its guide. 420 clips × 6 looks of samples (14 min), 4,000 steps of L1 + edge
-# L1 (27 min), then 3,000 steps more with the temporal term too (22 min).
-"$vidfx" train-refiner runs/refiner --model runs/default_base --clips 420 --steps 4000 --temporal-weight 0 \
-  --threads 2
-"$vidfx" train-refiner runs/refiner_t --model runs/default_base --data runs/refiner/data \
-  --init runs/refiner/refiner.safetensors --steps 3000 --lr 1e-3 --threads 2
-# Then told the look: the prompt steers the refiner (FiLM from the pooled text embedding) and a tone curve of the
-# camera's luma per pixel; the new weights start at zero, so it starts as the refiner above. 1,500 steps (16 min),
-# then 2,500 more at lr 5e-4 and 2,500 at 3e-4 (23 min each; each a new batch seed).
-"$vidfx" train-refiner runs/refiner_tt --model runs/default_base --data runs/refiner/data \
-  --init runs/refiner_t/refiner.safetensors --text --tone-bins 8 --steps 1500 --lr 1e-3 --threads 2
-"$vidfx" train-refiner runs/refiner_tt2 --model runs/default_base --data runs/refiner/data \
-  --init runs/refiner_tt/refiner.safetensors --steps 2500 --lr 5e-4 --seed 1 --threads 2
-"$vidfx" train-refiner runs/refiner_tt3 --model runs/default_base --data runs/refiner/data \
-  --init runs/refiner_tt2/refiner.safetensors --steps 2500 --lr 3e-4 --seed 2 --threads 2 --to "$dest"
+# 256 px with the camera frame as its guide, told the look (FiLM from the prompt), with a tone curve and a colour
+# matrix per pixel on the camera's colour and the frame position as inputs. 420 clips × 6 looks of samples
+# (14 min), then 5,000 steps of L1 + edge L1 + the temporal term (46 min).
+"$vidfx" train-refiner runs/refiner_v2 --model runs/default_base --data runs/refiner/data --clips 420 \
+  --text --tone-bins 8 --position --colour-matrix --steps 5000 --lr 2e-3 --threads 2 --to "$dest"
 "$vidfx" eval --model "$dest" --classifier data/looks/classifier.safetensors --out "$dest/eval.json"
 "$vidfx" eval --model "$dest" --real-footage --footage pedestrians,tree,animation --footage-frames 17 \
   --out "$dest/real_footage.json"

@@ -74,7 +74,7 @@ class ModelSettings(_Section):
     )
     context_sigma: float = Field(0.0, ge=0.0, lt=1.0, description="noise level of the cache-write pass")
     refiner_smoothing: float = Field(
-        0.75, ge=0.0, lt=1.0,
+        0.85, ge=0.0, lt=1.0,
         description="a detail refiner's base: each decoded frame blended with the last one's blend by this weight "
         "(steadies the DiT's chunk-to-chunk changes; detail and motion come from the camera frame)",
     )  # fmt: skip
