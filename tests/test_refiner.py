@@ -171,6 +171,10 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
         cfg = RefinerConfig(text_dim=6, tone_bins=4, position=True, colour_matrix=True)
         wide = initial_refiner(cfg, Path(d) / REFINER_FILE).eval()
     assert wide.cfg == replace(cfg, channels=8, blocks=2)
+    with tempfile.TemporaryDirectory() as d:  # the curve's head rows would land on the matrix's
+        save_refiner(live(RefinerConfig(channels=8, blocks=1, colour_matrix=True)), Path(d) / REFINER_FILE)
+        with pytest.raises(ValueError, match="tone curve cannot be added"):
+            initial_refiner(RefinerConfig(tone_bins=4), Path(d) / REFINER_FILE)
     with torch.no_grad():
         torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
 

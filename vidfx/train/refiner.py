@@ -265,6 +265,9 @@ def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefine
     extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in widenings}
     if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
         return loaded.train()
+    if loaded.cfg.colour_matrix and extra["tone_bins"] != loaded.cfg.tone_bins:
+        # the head's new rows are appended, and the curve's rows come before the matrix's
+        raise ValueError(f"{init}: a tone curve cannot be added to a refiner with a colour matrix; train both at once")
     widened = DetailRefiner(replace(loaded.cfg, **extra))
     state = widened.state_dict()
     for name, value in loaded.state_dict().items():
