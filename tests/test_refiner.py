@@ -175,6 +175,9 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
         save_refiner(live(RefinerConfig(channels=8, blocks=1, colour_matrix=True)), Path(d) / REFINER_FILE)
         with pytest.raises(ValueError, match="tone curve cannot be added"):
             initial_refiner(RefinerConfig(tone_bins=4), Path(d) / REFINER_FILE)
+        save_refiner(live(RefinerConfig(channels=8, blocks=1, tone_bins=4)), Path(d) / REFINER_FILE)
+        with pytest.raises(ValueError, match="tone_bins differ"):
+            initial_refiner(RefinerConfig(tone_bins=8), Path(d) / REFINER_FILE)
     with torch.no_grad():
         torch.testing.assert_close(wide(base, guide, torch.randn(6)), want, atol=1e-6, rtol=0)
 

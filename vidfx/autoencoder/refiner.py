@@ -254,21 +254,20 @@ class DetailRefiner(nn.Module):
         """
         k, s2 = self.cfg.tone_bins, self.cfg.scale**2
         n, _, h, w = fine.shape
-        # pixels as rows, a (3, B) × (B, s²) product each: 2× faster than channel-first broadcasting or gathers
+        # pixels as rows, (3, ·) × (·, s²) products each: 2× faster than channel-first broadcasting or gathers;
+        # one product per function, summed, is faster than one over the concatenated coefficients
         g = fine.permute(0, 2, 3, 1).reshape(n, h, w, 3, s2)
         coeffs = coeffs.permute(0, 2, 3, 1)
-        rows, basis = [], []
+        products = []
         if k:
             pos = (0.299 * g[..., 0, :] + 0.587 * g[..., 1, :] + 0.114 * g[..., 2, :] + 1) * (0.5 * (k - 1))
             knots = torch.arange(k, dtype=pos.dtype, device=pos.device)
-            basis.append((1 - (pos[..., None] - knots).abs()).clamp_min(0).transpose(-1, -2))  # 2 knots ≠ 0 a pixel
-            rows.append(coeffs[..., : 3 * k].reshape(n, h, w, 3, k))
+            hats = (1 - (pos[..., None] - knots).abs()).clamp_min(0)  # (N, h, w, s², K): 2 knots ≠ 0 a pixel
+            products.append(coeffs[..., : 3 * k].reshape(n, h, w, 3, k) @ hats.transpose(-1, -2))
         if self.cfg.colour_matrix:
-            basis.append(g)
-            rows.append(coeffs[..., 3 * k :].reshape(n, h, w, 3, 3))
-        if len(rows) > 1:
-            rows, basis = [torch.cat(rows, -1)], [torch.cat(basis, -2)]
-        return (rows[0] @ basis[0]).reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
+            products.append(coeffs[..., 3 * k :].reshape(n, h, w, 3, 3) @ g)
+        out = sum(products[1:], products[0])  # (N, h, w, 3, s²)
+        return out.reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
 
 
 def pooled_text(embedding: torch.Tensor) -> torch.Tensor:

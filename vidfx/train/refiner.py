@@ -265,6 +265,9 @@ def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefine
     extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in widenings}
     if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
         return loaded.train()
+    other = [k for k in widenings if getattr(loaded.cfg, k) and extra[k] != getattr(loaded.cfg, k)]
+    if other:  # its weights would be sliced into another shape
+        raise ValueError(f"{init}: {', '.join(other)} differ from the refiner's own; a widening only adds")
     if loaded.cfg.colour_matrix and extra["tone_bins"] != loaded.cfg.tone_bins:
         # the head's new rows are appended, and the curve's rows come before the matrix's
         raise ValueError(f"{init}: a tone curve cannot be added to a refiner with a colour matrix; train both at once")
