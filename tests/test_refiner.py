@@ -105,19 +105,25 @@ def test_prompt_conditioning_starts_neutral_and_then_the_prompt_steers_the_outpu
     torch.testing.assert_close(pooled_text(0.25 * emb + 0.75 * emb.flip(0)), pooled_text(emb))
 
 
-@pytest.mark.parametrize("colour_matrix", [False, True])
-def test_tone_curve_and_colour_matrix_act_on_each_full_resolution_guide_pixel(colour_matrix: bool) -> None:
-    """Head weights zero, the tone rows' biases = a curve's values at the knots (and the matrix rows' = a 3×3
-    matrix): the output is the upsampled base + the curve at each guide pixel's luma, linearly interpolated
-    between knots (as np.interp), + the matrix times the pixel's colour."""
-    k = 5
-    r = DetailRefiner(RefinerConfig(channels=8, blocks=1, tone_bins=k, colour_matrix=colour_matrix)).eval()
+@pytest.mark.parametrize("colour_matrix,channel_bins", [(False, 0), (True, 0), (True, 4)])
+def test_tone_curve_colour_matrix_and_channel_curves_act_on_each_full_resolution_guide_pixel(
+    colour_matrix: bool, channel_bins: int
+) -> None:
+    """Head weights zero, the tone rows' biases = a curve's values at the knots (the matrix rows' = a 3×3
+    matrix, the channel rows' = a curve per channel): the output is the upsampled base + the curve at each guide
+    pixel's luma, linearly interpolated between knots (as np.interp), + the matrix times the pixel's colour +
+    each channel's curve at that channel's value."""
+    k, c = 5, channel_bins
+    cfg = RefinerConfig(channels=8, blocks=1, tone_bins=k, colour_matrix=colour_matrix, channel_bins=c)
+    r = DetailRefiner(cfg).eval()
     curve = torch.tensor([[-0.5, -0.1, 0.2, 0.3, 0.6], [0.0, 0.1, 0.0, -0.2, -0.4], [0.3, 0.3, 0.2, 0.1, 0.0]])
     matrix = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.3], [-0.1, 0.2, 0.4]]) * colour_matrix
+    steps = torch.tensor([[-0.4, -0.4, 0.3, 0.3], [0.2, -0.2, 0.2, -0.2], [0.0, 0.1, 0.5, 0.1]])[:, :c]
     rows = 3 * 4 + r.cfg.textures
     with torch.no_grad():
         r.head.bias[rows : rows + 3 * k] = curve.flatten()
-        r.head.bias[rows + 3 * k :] = matrix.flatten()[: 9 * colour_matrix]
+        r.head.bias[rows + 3 * k : rows + 3 * k + 9 * colour_matrix] = matrix.flatten()[: 9 * colour_matrix]
+        r.head.bias[rows + 3 * k + 9 * colour_matrix :] = steps.flatten()
         base = torch.rand(1, 3, 4, 6) * 0.4 - 0.2
         guide = torch.rand(1, 3, 8, 12) * 2 - 1
         out = r(base, guide)
@@ -125,8 +131,10 @@ def test_tone_curve_and_colour_matrix_act_on_each_full_resolution_guide_pixel(co
     knots = np.linspace(0, 1, k)
     tone = np.stack([np.interp(y, knots, curve[c].numpy()) for c in range(3)])
     mixed = torch.einsum("ij,jhw->ihw", matrix, guide[0]).numpy()
+    unit = ((guide[0] + 1) / 2).numpy()
+    channel = np.stack([np.interp(unit[i], np.linspace(0, 1, c), steps[i].numpy()) for i in range(3)]) if c else 0
     up = F.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False)[0].numpy()
-    np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone + mixed, -1, 1), atol=1e-5)
+    np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone + mixed + channel, -1, 1), atol=1e-5)
 
 
 def test_frame_position_measures_the_radius_as_the_looks_vignettes_do() -> None:
@@ -168,13 +176,15 @@ def test_widening_a_trained_refiner_keeps_what_it_computes_until_trained() -> No
 
     with tempfile.TemporaryDirectory() as d:
         save_refiner(r, Path(d) / REFINER_FILE)
-        cfg = RefinerConfig(text_dim=6, tone_bins=4, position=True, colour_matrix=True)
+        cfg = RefinerConfig(text_dim=6, tone_bins=4, position=True, colour_matrix=True, channel_bins=3)
         wide = initial_refiner(cfg, Path(d) / REFINER_FILE).eval()
     assert wide.cfg == replace(cfg, channels=8, blocks=2)
     with tempfile.TemporaryDirectory() as d:  # the curve's head rows would land on the matrix's
         save_refiner(live(RefinerConfig(channels=8, blocks=1, colour_matrix=True)), Path(d) / REFINER_FILE)
-        with pytest.raises(ValueError, match="tone curve cannot be added"):
+        with pytest.raises(ValueError, match="tone_bins cannot be added before"):
             initial_refiner(RefinerConfig(tone_bins=4), Path(d) / REFINER_FILE)
+        # channel curves come after the matrix: adding them to a matrix refiner keeps its rows where they were
+        initial_refiner(RefinerConfig(colour_matrix=True, channel_bins=3), Path(d) / REFINER_FILE)
         save_refiner(live(RefinerConfig(channels=8, blocks=1, tone_bins=4)), Path(d) / REFINER_FILE)
         with pytest.raises(ValueError, match="tone_bins differ"):
             initial_refiner(RefinerConfig(tone_bins=8), Path(d) / REFINER_FILE)

@@ -26,8 +26,9 @@ Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the b
   stem's pre-activations through a 1×1 map: sepia's vignette and night vision's eyepiece are functions of the
   place in the frame, which neither input carries at full resolution (a fixed map per frame size at inference);
 * a 1×1 head gives 12 sub-pixel channels (pixel-shuffled: the full-resolution colour, added to the bilinearly
-  upsampled base), one amplitude map per learnt screen texture (`textures`) and, with `tone_bins` and
-  `colour_matrix`, a tone curve and a colour matrix per base pixel applied to its 2×2 guide pixels (`_guided`);
+  upsampled base), one amplitude map per learnt screen texture (`textures`) and, with `tone_bins`,
+  `colour_matrix` and `channel_bins`, a tone curve, a colour matrix and a curve per colour channel per base
+  pixel applied to its 2×2 guide pixels (`_guided`);
 * a texture is a learnt mixture of fixed waves: sin/cos of the pixel position along x, y, x+y and x−y at
   `periods` (in pixels of a 128-pixel short side, scaled with the frame) — a convolution cannot place a
   pattern fixed to the screen (hatching, halftone dots, scanlines), it can say how strongly one shows here;
@@ -59,11 +60,13 @@ class RefinerConfig:
     tone_bins: int = 0  # > 0: a tone curve of the guide's luma per base pixel, with this many knots
     position: bool = False  # the base pixel's place in the frame steers the stem (vignettes, eyepieces)
     colour_matrix: bool = False  # a 3×3 matrix per base pixel applied to the colour of its guide pixels
+    channel_bins: int = 0  # > 0: a curve of each colour channel of the guide per base pixel, this many knots
 
     @property
     def guided(self) -> int:
-        """Coefficients a colour per base pixel of the guide-pixel functions (tone knots, matrix columns)."""
-        return self.tone_bins + 3 * self.colour_matrix
+        """Coefficients a colour per base pixel of the guide-pixel functions (tone knots, matrix columns, channel
+        curve knots)."""
+        return self.tone_bins + 3 * self.colour_matrix + self.channel_bins
 
     @property
     def waves(self) -> int:
@@ -250,7 +253,10 @@ class DetailRefiner(nn.Module):
         * a tone curve (`tone_bins` K): the value at K evenly spaced luma knots for each colour, the pixel's luma
           interpolated linearly between its two knots — thermal, sepia and night vision are curves of luma;
         * a colour matrix (`colour_matrix`, after the curve's rows): 3×3 on the pixel's colour — comic's
-          saturation and watercolor's palette are, locally, linear maps of the camera's colour.
+          saturation and watercolor's palette are, locally, linear maps of the camera's colour;
+        * a channel curve (`channel_bins` C, after the matrix's rows): each colour channel's value at C knots of
+          that channel — comic posterises each channel to four levels, which is a step function of the channel,
+          not of the luma, and not linear.
         """
         k, s2 = self.cfg.tone_bins, self.cfg.scale**2
         n, _, h, w = fine.shape
@@ -265,7 +271,12 @@ class DetailRefiner(nn.Module):
             hats = (1 - (pos[..., None] - knots).abs()).clamp_min(0)  # (N, h, w, s², K): 2 knots ≠ 0 a pixel
             products.append(coeffs[..., : 3 * k].reshape(n, h, w, 3, k) @ hats.transpose(-1, -2))
         if self.cfg.colour_matrix:
-            products.append(coeffs[..., 3 * k :].reshape(n, h, w, 3, 3) @ g)
+            products.append(coeffs[..., 3 * k : 3 * k + 9].reshape(n, h, w, 3, 3) @ g)
+        if c := self.cfg.channel_bins:
+            knots = torch.arange(c, dtype=g.dtype, device=g.device)
+            hats = (1 - ((g[..., None] + 1) * (0.5 * (c - 1)) - knots).abs()).clamp_min(0)  # (N, h, w, 3, s², C)
+            curves = coeffs[..., 3 * (k + 3 * self.cfg.colour_matrix) :].reshape(n, h, w, 3, c, 1)
+            products.append((hats @ curves)[..., 0])
         out = sum(products[1:], products[0])  # (N, h, w, 3, s²)
         return out.reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
 

@@ -35,7 +35,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tone-bins", type=int, default=0, help="a per-pixel tone curve of the guide's luma (knots)")
     p.add_argument("--position", action="store_true", help="the frame position steers the refiner (vignettes)")
     p.add_argument("--colour-matrix", action="store_true", help="a per-pixel 3×3 matrix on the guide's colour")
+    p.add_argument("--channel-bins", type=int, default=0, help="a per-pixel curve of each guide colour (knots)")
     p.add_argument("--temporal-weight", type=float, default=2.0, help="weight of the coarse-change term")
+    p.add_argument("--ssim-weight", type=float, default=0.0, help="weight of the luma SSIM term (1 − SSIM)")
     p.add_argument("--init", default=None, help="start from these refiner weights (a fine-tune)")
     p.add_argument("--to", default=None, help="write the model + refiner as a weights folder here")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -73,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     build_refiner_data(pipe, data, args.clips, seed=args.data_seed)  # resumes; refuses other settings' samples
     refiner = train_refiner(
         data, out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-        temporal_weight=args.temporal_weight, init=args.init,
+        temporal_weight=args.temporal_weight, ssim_weight=args.ssim_weight, init=args.init,
         cfg=RefinerConfig(
             channels=args.channels, blocks=args.blocks, tone_bins=args.tone_bins, position=args.position,
-            colour_matrix=args.colour_matrix,
+            colour_matrix=args.colour_matrix, channel_bins=args.channel_bins,
             text_dim=pipe.dit.cfg.text_dim if args.text else 0,
         ),
         embed=lambda caption: pooled_text(pipe.embed(((caption, 1.0),))),

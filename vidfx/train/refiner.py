@@ -41,12 +41,13 @@ from safetensors.torch import load_file, save_file
 from vidfx.autoencoder.refiner import DetailRefiner, RefinerConfig, load_refiner
 from vidfx.autoencoder.train import lr_at, reconstruction_loss
 from vidfx.config import StreamSettings
-from vidfx.data.looks import LOOKS, make_clip
+from vidfx.data.looks import LOOKS, luma, make_clip
 from vidfx.data.scenes import PICTURES, picture_sources, real_pictures
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import StreamParams, StylePipeline
 from vidfx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vidfx.train.distributed import Dist
+from vidfx.train.eval import ssim_map
 
 SIZE_CYCLE = ((256, 352), (256, 352), (256, 448), (256, 352), (256, 256))  # shard i's (H, W): mostly 4:3
 MANIFEST = "manifest.json"
@@ -193,6 +194,14 @@ def temporal_loss(output: torch.Tensor, target: torch.Tensor, block: int = 8) ->
     return F.avg_pool2d(change, block).abs().mean()
 
 
+def structure_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − the luma SSIM of output to target ((N, 3, H, W) in [-1, 1]), as the real-footage evaluation measures
+    it (vidfx.data.real_footage). L1 scores every pixel's error alike; SSIM scores local contrast and structure
+    — whether a stroke, a dot or an outline is where the look draws it — which is most of what pencil and comic
+    lose."""
+    return 1 - ssim_map(luma((output + 1) / 2), luma((target + 1) / 2)).mean()
+
+
 def train_refiner(
     data: str | Path,
     run_dir: str | Path,
@@ -203,6 +212,7 @@ def train_refiner(
     guide_dropout: float = 0.1,
     edge_weight: float = 0.5,
     temporal_weight: float = 2.0,
+    ssim_weight: float = 0.0,
     checkpoint_every: int = 250,
     cfg: RefinerConfig | None = None,
     init: str | Path | None = None,
@@ -235,6 +245,8 @@ def train_refiner(
         base, guide, target, text = sample_batch(shards, batch, seed, done, guide_dropout)
         output = refiner(base, guide, text)
         loss = reconstruction_loss(output, target, edge_weight) + temporal_weight * temporal_loss(output, target)
+        if ssim_weight:
+            loss = loss + ssim_weight * structure_loss(output, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -256,21 +268,27 @@ def train_refiner(
 
 def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefiner:
     """A new refiner of `cfg`, or `init`'s weights, widened by `cfg`'s prompt conditioning, tone curve, frame
-    position and colour matrix where `init` has none: the new parameters start at zero, so the widened refiner
-    computes what `init` did."""
+    position, colour matrix and channel curves where `init` has none: the new parameters start at zero, so the
+    widened refiner computes what `init` did."""
     if init is None:
         return DetailRefiner(cfg).train()
     loaded = load_refiner(init)
-    widenings = ("text_dim", "tone_bins", "position", "colour_matrix")
+    widenings = ("text_dim", "tone_bins", "position", "colour_matrix", "channel_bins")
     extra = {k: getattr(cfg, k) or getattr(loaded.cfg, k) for k in widenings}
     if all(getattr(loaded.cfg, k) == v for k, v in extra.items()):
         return loaded.train()
     other = [k for k in widenings if getattr(loaded.cfg, k) and extra[k] != getattr(loaded.cfg, k)]
     if other:  # its weights would be sliced into another shape
         raise ValueError(f"{init}: {', '.join(other)} differ from the refiner's own; a widening only adds")
-    if loaded.cfg.colour_matrix and extra["tone_bins"] != loaded.cfg.tone_bins:
-        # the head's new rows are appended, and the curve's rows come before the matrix's
-        raise ValueError(f"{init}: a tone curve cannot be added to a refiner with a colour matrix; train both at once")
+    # the head's new rows are appended: a function's rows can only be added after every existing function's
+    order = ("tone_bins", "colour_matrix", "channel_bins")
+    added = [i for i, k in enumerate(order) if extra[k] and not getattr(loaded.cfg, k)]
+    kept = [i for i, k in enumerate(order) if getattr(loaded.cfg, k)]
+    if added and kept and min(added) < max(kept):
+        names = ", ".join(order[i] for i in added)
+        raise ValueError(
+            f"{init}: {names} cannot be added before the refiner's own guide functions; train both at once"
+        )
     widened = DetailRefiner(replace(loaded.cfg, **extra))
     state = widened.state_dict()
     for name, value in loaded.state_dict().items():
