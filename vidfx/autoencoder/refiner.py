@@ -273,12 +273,21 @@ class DetailRefiner(nn.Module):
         if self.cfg.colour_matrix:
             products.append(coeffs[..., 3 * k : 3 * k + 9].reshape(n, h, w, 3, 3) @ g)
         if c := self.cfg.channel_bins:
-            knots = torch.arange(c, dtype=g.dtype, device=g.device)
-            hats = (1 - ((g[..., None] + 1) * (0.5 * (c - 1)) - knots).abs()).clamp_min(0)  # (N, h, w, 3, s², C)
-            curves = coeffs[..., 3 * (k + 3 * self.cfg.colour_matrix) :].reshape(n, h, w, 3, c, 1)
-            products.append((hats @ curves)[..., 0])
+            curves = coeffs[..., 3 * (k + 3 * self.cfg.colour_matrix) :].reshape(n, h, w, 3, c)
+            products.append(_piecewise_linear(curves, (g + 1) * (0.5 * (c - 1))))
         out = sum(products[1:], products[0])  # (N, h, w, 3, s²)
         return out.reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)
+
+
+def _piecewise_linear(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Curves through `values` (..., C) at knots 0 … C−1, read at positions pos (..., P) in [0, C−1] →
+    (..., P): each position between its two knots, by two gathers (a product with every knot's hat cost 1.5×
+    the whole refiner's training step)."""
+    pos = pos.clamp(0, values.shape[-1] - 1)
+    lower = pos.detach().floor().clamp(max=values.shape[-1] - 2)
+    frac = pos - lower
+    index = lower.long()
+    return values.gather(-1, index) * (1 - frac) + values.gather(-1, index + 1) * frac
 
 
 def pooled_text(embedding: torch.Tensor) -> torch.Tensor:
