@@ -27,7 +27,8 @@ from vidfx.config import ModelSettings
 from vidfx.data.looks import LOOKS, _radius
 from vidfx.loading import MODEL_ALIASES, load_pipeline, resolve
 from vidfx.pipeline import StreamParams, StylePipeline
-from vidfx.train.refiner import build_refiner_data, initial_refiner, load_shards, train_refiner
+from vidfx.train.eval import ssim_map
+from vidfx.train.refiner import build_refiner_data, initial_refiner, load_shards, structure_loss, train_refiner
 from vidfx.weights import CheckpointError
 
 SMALL = RefinerConfig(channels=8, blocks=1)
@@ -357,3 +358,24 @@ def _record(decode, z: torch.Tensor, into: list[torch.Tensor]) -> torch.Tensor: 
     out = decode(z)
     into.extend(out[0].transpose(0, 1))
     return out
+
+
+def test_structure_loss_is_one_minus_the_evaluations_ssim_and_trains() -> None:
+    """ssim_map's grouped separable pass equals SSIM with the 2-D Gaussian window written out (Wang et al.);
+    structure_loss is 0 for the target itself and its gradient moves an output towards the target."""
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 1, 20, 24), torch.rand(2, 1, 20, 24)
+    g = torch.exp(-((torch.arange(11.0) - 5) ** 2) / (2 * 1.5**2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2).view(1, 1, 11, 11)
+    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
+    var_a, var_b = F.conv2d(a * a, window) - mu_a**2, F.conv2d(b * b, window) - mu_b**2
+    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    want = ((2 * mu_a * mu_b + 1e-4) * (2 * cov + 9e-4)) / ((mu_a**2 + mu_b**2 + 1e-4) * (var_a + var_b + 9e-4))
+    torch.testing.assert_close(ssim_map(a, b), want, atol=1e-5, rtol=0)
+    target = torch.rand(2, 3, 20, 24) * 2 - 1
+    assert structure_loss(target, target).abs() < 1e-6
+    output = (target + 0.3 * torch.randn_like(target)).requires_grad_()
+    loss = structure_loss(output, target)
+    loss.backward()
+    with torch.no_grad():
+        assert structure_loss(output - 0.05 * output.grad / output.grad.abs().max(), target) < loss
