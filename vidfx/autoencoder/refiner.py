@@ -264,16 +264,20 @@ class DetailRefiner(nn.Module):
         # one product per function, summed, is faster than one over the concatenated coefficients
         g = fine.permute(0, 2, 3, 1).reshape(n, h, w, 3, s2)
         coeffs = coeffs.permute(0, 2, 3, 1)
-        products = []
+        products, at = [], 0  # `at`: the first head row of the next function
         if k:
             pos = (0.299 * g[..., 0, :] + 0.587 * g[..., 1, :] + 0.114 * g[..., 2, :] + 1) * (0.5 * (k - 1))
             knots = torch.arange(k, dtype=pos.dtype, device=pos.device)
             hats = (1 - (pos[..., None] - knots).abs()).clamp_min(0)  # (N, h, w, s², K): 2 knots ≠ 0 a pixel
             products.append(coeffs[..., : 3 * k].reshape(n, h, w, 3, k) @ hats.transpose(-1, -2))
+            at = 3 * k
         if self.cfg.colour_matrix:
-            products.append(coeffs[..., 3 * k : 3 * k + 9].reshape(n, h, w, 3, 3) @ g)
+            products.append(coeffs[..., at : at + 9].reshape(n, h, w, 3, 3) @ g)
+            at += 9
         if c := self.cfg.channel_bins:
-            curves = coeffs[..., 3 * (k + 3 * self.cfg.colour_matrix) :].reshape(n, h, w, 3, c)
+            # a position per colour, not one luma for all three: gathers here (16 against 56 ms per 4 frames at
+            # 176×128 for a product with the hats; the tone curve's one product is the faster there, 13 vs 17)
+            curves = coeffs[..., at : at + 3 * c].reshape(n, h, w, 3, c)
             products.append(_piecewise_linear(curves, (g + 1) * (0.5 * (c - 1))))
         out = sum(products[1:], products[0])  # (N, h, w, 3, s²)
         return out.reshape(n, h, w, 3 * s2).permute(0, 3, 1, 2)

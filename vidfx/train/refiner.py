@@ -282,12 +282,11 @@ def initial_refiner(cfg: RefinerConfig, init: str | Path | None) -> DetailRefine
         raise ValueError(f"{init}: {', '.join(other)} differ from the refiner's own; a widening only adds")
     # the head's new rows are appended: a function's rows can only be added after every existing function's
     order = ("tone_bins", "colour_matrix", "channel_bins")
-    added = [i for i, k in enumerate(order) if extra[k] and not getattr(loaded.cfg, k)]
     kept = [i for i, k in enumerate(order) if getattr(loaded.cfg, k)]
-    if added and kept and min(added) < max(kept):
-        names = ", ".join(order[i] for i in added)
+    early = [k for i, k in enumerate(order) if extra[k] and not getattr(loaded.cfg, k) and i < max(kept, default=-1)]
+    if early:
         raise ValueError(
-            f"{init}: {names} cannot be added before the refiner's own guide functions; train both at once"
+            f"{init}: {', '.join(early)} cannot be added before the refiner's own guide functions; train both at once"
         )
     widened = DetailRefiner(replace(loaded.cfg, **extra))
     state = widened.state_dict()
