@@ -111,6 +111,7 @@ class NodeProcess(NodeOutput):
             if not hasattr(self, "_dealer"):
                 self._dealer = self.dealer()
             sock = self._dealer
+
         async def exchange() -> bytes:
             await sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg))
             return await sock.recv()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from vidfx.config import ModelSettings, StreamSettings
 from vidfx.data.looks import prompt_for
-from vidfx.frames import Fit, FrameGeometry, aspect_model_size
+from vidfx.frames import Box, Fit, FrameGeometry, aspect_model_size
 from vidfx.loading import load_pipeline
 from vidfx.offline import stylize_frames
 from vidfx.pipeline import StreamParams, StylePipeline
@@ -16,13 +18,14 @@ from vidfx.pipeline import StreamParams, StylePipeline
 
 def test_aspect_model_size_keeps_the_aspect_at_the_configured_short_side() -> None:
     assert aspect_model_size((480, 640), 128, 16) == (128, 176)  # 4:3: 170.7 → 176
-    assert aspect_model_size((720, 1280), 256, 16) == (256, 448)  # 16:9: 455.1 → 448 (the example)
+    assert aspect_model_size((720, 1280), 256, 16) == (256, 464)  # 16:9: 455.1 → 464 (up: the picture fits)
+    assert aspect_model_size((480, 640), 96, 16) == (96, 128)  # exactly 4:3: no margin
     assert aspect_model_size((1280, 1024), 256, 16) == (320, 256)  # portrait 4:5
     assert aspect_model_size((300, 300), 128, 16) == (128, 128)
     for camera in ((480, 640), (720, 1280), (1080, 1920), (640, 480), (240, 320), (1024, 1280)):
         h, w = aspect_model_size(camera, 128, 16)
         assert min(h, w) == 128 and h % 16 == 0 and w % 16 == 0
-        assert abs((w / h) / (camera[1] / camera[0]) - 1) <= 8 / 128  # within half a multiple of the short side
+        assert 0 <= max(h, w) - 128 * max(camera) / min(camera) < 16  # the picture fits, less than a multiple over
     with pytest.raises(ValueError):
         aspect_model_size((480, 640), 0, 16)
 
@@ -31,6 +34,14 @@ def test_aspect_geometry_maps_the_whole_frame_both_ways() -> None:
     g = FrameGeometry.for_camera((480, 640), (128, 128), "aspect", multiple=16)
     assert g.fit is Fit.ASPECT and g.model == (128, 176)
     assert g.forward_boxes()[0] == g.backward_boxes()[1]  # the whole camera frame, there and back
+    # into the model frame's box of the camera's aspect, at one scale on both axes (128 / 480 · 640 = 170.7)
+    assert g.box == g.backward_boxes()[0] == Box(0, 2, 128, 171)
+    x = torch.rand(1, 3, 480, 640) * 2 - 1
+    model = g.to_model(x)
+    torch.testing.assert_close(model[..., :2], model[..., 2:3].expand(-1, -1, -1, 2))  # margins: the edge
+    torch.testing.assert_close(model[..., 173:], model[..., 172:173].expand(-1, -1, -1, 3))
+    smooth = F.interpolate(x[..., :6, :8], size=(480, 640), mode="bilinear", align_corners=False)
+    assert (g.to_camera(g.to_model(smooth)) - smooth).abs().mean() < 0.005  # the inverse, but for resampling
     assert FrameGeometry.for_camera((480, 640), (128, 128), "cover", multiple=16).model == (128, 128)
 
 
@@ -47,9 +58,10 @@ def test_default_fit_keeps_the_aspect(pipes: dict[str, StylePipeline]) -> None:
     out = pipe.process_chunk(state, frames)
     assert out.shape == frames.shape
     # 256 px on the short side (the shipped model's folder sets it); the long side the camera's aspect rounded
-    # to a token's 32 pixels (8× autoencoder × 2× refiner × 2 patch): 341.3 → 352 for 4:3, 455.1 → 448 for 16:9.
+    # up to a token's 32 pixels (8× autoencoder × 2× refiner × 2 patch): 341.3 → 352 for 4:3, 455.1 → 480 for
+    # 16:9 (the picture at 256 px fills 256×341 and 256×455 of them; margins repeat its edge).
     token = pipe.pixel_factor * pipe.dit.cfg.patch_size[1]
-    four_three, sixteen_nine = (256, 352), (256, 448)
+    four_three, sixteen_nine = (256, 352), (256, 480)
     assert (pipe.settings.height, pipe.settings.width, token) == (256, 256, 32)
     assert state.model_size == four_three  # the camera's 4:3 at the model's short side
     assert state.kv.tokens_per_frame == (256 // token) * (352 // token)  # the stream's cache follows its grid
@@ -58,7 +70,7 @@ def test_default_fit_keeps_the_aspect(pipes: dict[str, StylePipeline]) -> None:
     assert state.model_size == four_three
     state.reset()
     pipe.process_chunk(state, np.full((pipe.frames_per_chunk(True), 180, 320, 3), 90, np.uint8))
-    assert state.model_size == sixteen_nine and state.kv.tokens_per_frame == (256 // token) * (448 // token)
+    assert state.model_size == sixteen_nine and state.kv.tokens_per_frame == (256 // token) * (480 // token)
 
 
 def _scene(h: int, w: int, n: int, with_object: bool) -> np.ndarray:

@@ -138,6 +138,24 @@ def test_tone_curve_colour_matrix_and_channel_curves_act_on_each_full_resolution
     np.testing.assert_allclose(out[0].numpy(), np.clip(up + tone + mixed + channel, -1, 1), atol=1e-5)
 
 
+def test_screen_textures_and_frame_position_lie_on_the_picture_box() -> None:
+    """With the camera's picture in a box of a larger frame (`aspect`'s margins), the waves and the frame
+    position on the box are those of a frame of the box's size: origin, scale and radius follow the picture;
+    a box of the whole frame is no box."""
+    r = live(RefinerConfig(channels=8, blocks=1, periods=(4.0, 6.0), position=True))
+    like = torch.zeros(1)
+    box = (3.0, 5.0, 64.0, 85.0)
+    with torch.no_grad():
+        framed, alone = r.textures((70, 96), like, box), r.textures((64, 85), like)
+        torch.testing.assert_close(framed[:, 3:67, 5:90], alone, atol=1e-5, rtol=0)
+        assert r.textures((70, 96), like, box) is framed and r.textures((70, 96), like) is not framed
+    torch.testing.assert_close(frame_position((70, 96), box=box)[:, 3:67, 5:90], frame_position((64, 85)))
+    base, guide = torch.rand(1, 3, 8, 12) * 2 - 1, torch.rand(1, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(r(base, guide, box=(0.0, 0.0, 16.0, 24.0)), r(base, guide))
+        assert not torch.allclose(r(base, guide, box=(0.0, 2.0, 16.0, 20.0)), r(base, guide))
+
+
 def test_frame_position_measures_the_radius_as_the_looks_vignettes_do() -> None:
     pos = frame_position((6, 10))
     torch.testing.assert_close(pos[2], _radius(torch.zeros(1, 3, 6, 10)))
@@ -210,9 +228,11 @@ def test_pipeline_encodes_half_resolution_and_guides_the_refiner_with_the_camera
         seen["encoded"] = frames
         return encode(frames, cache)
 
-    def spy_refine(base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
-        seen["base"], seen["guide"] = base, guide  # type: ignore[assignment]
-        return forward(base, guide, text)
+    def spy_refine(
+        base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None, box: tuple | None = None
+    ) -> torch.Tensor:
+        seen["base"], seen["guide"], seen["box"] = base, guide, box  # type: ignore[assignment]
+        return forward(base, guide, text, box)
 
     pipe.autoencoder.encode_raw = spy_encode  # type: ignore[method-assign]
     r.forward = spy_refine  # type: ignore[method-assign]
@@ -225,6 +245,10 @@ def test_pipeline_encodes_half_resolution_and_guides_the_refiner_with_the_camera
     assert seen["encoded"].shape[-2:] == (32, 48) and seen["base"].shape[-2:] == (32, 48)
     guide = seen["guide"]
     assert guide is not None and guide.shape == (1, 3, 64, 96)
+    # the camera's picture is 64×85 of the 64×96 model frame (its own aspect), the columns beside it its edge's
+    assert seen["box"] == (0, 5, 64, 85)
+    torch.testing.assert_close(guide[..., :5], guide[..., 5:6].expand(-1, -1, -1, 5))
+    torch.testing.assert_close(guide[..., 90:], guide[..., 89:90].expand(-1, -1, -1, 6))
     # the guide is the camera frame at the model resolution; the autoencoder saw its 2×2 means
     torch.testing.assert_close(seen["encoded"][0, :, 0], F.avg_pool2d(guide, 2)[0])
     assert state.kv.tokens_per_frame == (32 // 8 // 2) * (48 // 8 // 2)
@@ -241,10 +265,12 @@ def test_pipeline_gives_a_conditioned_refiner_the_streams_pooled_prompt() -> Non
     seen: list[torch.Tensor] = []
     forward = r.forward
 
-    def spy(base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
+    def spy(
+        base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None, box: tuple | None = None
+    ) -> torch.Tensor:
         assert text is not None
         seen.append(text)
-        return forward(base, guide, text)
+        return forward(base, guide, text, box)
 
     r.forward = spy  # type: ignore[method-assign]
     frames = np.random.default_rng(1).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
@@ -333,9 +359,11 @@ def test_refiner_base_is_the_running_blend_of_the_decoded_frames(smoothing: floa
     bases: list[torch.Tensor] = []
     forward = r.forward
 
-    def spy(b: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
+    def spy(
+        b: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None, box: tuple | None = None
+    ) -> torch.Tensor:
         bases.extend(b)
-        return forward(b, guide, text)
+        return forward(b, guide, text, box)
 
     r.forward = spy  # type: ignore[method-assign]
     state = pipe.new_stream_state(StreamParams())

@@ -12,12 +12,17 @@ YUV <-> RGB goes through libswscale (PyAV), BT.601 limited range, as every encod
 Size policy between the camera's (H, W) and the model's (h, w), `FrameGeometry.fit`:
 
 * `aspect` (default): the model's resolution follows the camera: the configured model size's short side,
-  the long side the camera's aspect rounded to a multiple of what the autoencoder × patch size needs
-  (`aspect_model_size`: 128 px → 176×128 for a 640×480 camera, 256 px → 448×256 for 16:9). The whole
-  camera frame is resized to (h, w) and back — the exact inverse, so output pixels sit where input pixels
-  were and the stylised frame covers the camera's field of view. The rounding stretches one axis by at most
-  half a multiple (≤ 4.5% at 128 px, ≤ 3% at 256 px for 4:3 and 16:9). A pipeline picks the size per stream
-  from its first frame (the DiT takes any latent grid).
+  the long side the camera's aspect rounded up to a multiple of what the autoencoder × patch size needs
+  (`aspect_model_size`: 128 px → 128×176 for a 640×480 camera, 256 px → 256×480 for 16:9). The whole camera
+  frame is resized into the model frame's largest centred box of the camera's aspect (the configured short
+  side; 256×341 of 256×352 for 4:3) and the few columns or rows beside it repeat its edge; back, that box is
+  cut out and resized to the camera's size — the exact inverse at one scale on both axes, so output pixels
+  sit where input pixels were, the stylised frame covers the camera's field of view, and nothing is
+  stretched. Why not stretch the frame to the rounded size: that rescales one axis by up to 3%, and a look's
+  fine screen textures (halftone dots, hatching: periodic in the camera's pixels) drift by whole periods
+  across the frame — a model rendering comic perfectly then scores 0.48 luma SSIM to it on a 640×480
+  camera, 0.88 in the box. A pipeline picks the size per stream from its first frame (the DiT takes any
+  latent grid).
 * `cover`: centre-crop the camera frame to the model's aspect ratio, resize to (h, w). Nothing is
   distorted, the model sees a full frame; the camera's edges along the longer axis are not seen. Back: the
   model frame is centre-cropped to the camera's aspect and resized to (H, W) — no bars, no distortion, so the
@@ -35,6 +40,7 @@ rounding), on CUDA in float.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -84,15 +90,17 @@ def _aspect_crop(size: tuple[int, int], aspect_of: tuple[int, int]) -> Box:
 
 def aspect_model_size(camera: tuple[int, int], short_side: int, multiple: int) -> tuple[int, int]:
     """The model resolution (h, w) for a camera (H, W) under `aspect`: the short side `short_side` (rounded
-    down to `multiple`, at least one multiple), the long side the camera's aspect times that, rounded to the
-    nearest multiple (at least the short side). A square camera gets a square model."""
+    down to `multiple`, at least one multiple), the long side the camera's aspect times that, rounded up to a
+    multiple (so the camera's box at the full short side fits; at least the short side). A square camera gets a
+    square model."""
     if short_side < 1 or multiple < 1 or min(camera) < 1:
         raise ValueError(
             f"need a camera >= 1 px, short_side >= 1 and multiple >= 1, got {camera}, {short_side}, {multiple}"
         )
     short = max(multiple, short_side // multiple * multiple)
     (height, width) = camera
-    long = max(short, round(short * max(height, width) / min(height, width) / multiple) * multiple)
+    exact = short * max(height, width) / min(height, width)
+    long = max(short, math.ceil(round(exact, 6) / multiple) * multiple)  # round(): 4:3 × 96 is 128, not 128.0…1
     return (short, long) if height <= width else (long, short)
 
 
@@ -125,23 +133,29 @@ class FrameGeometry:
         """(region of the camera frame that is used, where it lands in the model frame)."""
         if self.fit is Fit.COVER:
             return _aspect_crop(self.camera, self.model), _full(self.model)
-        if self.fit is Fit.CONTAIN:
+        if self.fit in (Fit.CONTAIN, Fit.ASPECT):
             return _full(self.camera), _aspect_crop(self.model, self.camera)
-        return _full(self.camera), _full(self.model)  # stretch, aspect: the whole frame both ways
+        return _full(self.camera), _full(self.model)  # stretch: the whole frame both ways
 
     def backward_boxes(self) -> tuple[Box, Box]:
         """(region of the model frame that is shown, where it lands in the camera-sized output).
 
-        For both `cover` and `contain` that region is the model frame's largest centred box of the camera's
-        aspect: under `contain` it is exactly the box the camera frame was drawn into.
+        For `cover`, `contain` and `aspect` that region is the model frame's largest centred box of the camera's
+        aspect: under `contain` and `aspect` it is exactly the box the camera frame was drawn into.
         """
-        if self.fit in (Fit.STRETCH, Fit.ASPECT):
+        if self.fit is Fit.STRETCH:
             return _full(self.model), _full(self.camera)
         return _aspect_crop(self.model, self.camera), _full(self.camera)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) camera-sized pixels -> (N, 3, h, w): floats in [-1, 1] (bars -1) or uint8 (bars 0)."""
-        return _remap(x, self.camera, self.model, *self.forward_boxes())
+        """(N, 3, H, W) camera-sized pixels -> (N, 3, h, w): floats in [-1, 1] or uint8; beside the camera's
+        box, bars (-1 or 0) under `contain`, its edge repeated under `aspect`."""
+        return _remap(x, self.camera, self.model, *self.forward_boxes(), edge=self.fit is Fit.ASPECT)
+
+    @property
+    def box(self) -> Box:
+        """Where the camera frame lies in the model frame (the whole of it under `cover` and `stretch`)."""
+        return self.forward_boxes()[1]
 
     def to_camera(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) model-sized pixels (floats in [-1, 1] or uint8) -> (N, 3, H, W)."""
@@ -158,12 +172,20 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _remap(x: torch.Tensor, src_size: tuple[int, int], dst_size: tuple[int, int], src: Box, dst: Box) -> torch.Tensor:
+def _remap(
+    x: torch.Tensor, src_size: tuple[int, int], dst_size: tuple[int, int], src: Box, dst: Box, edge: bool = False
+) -> torch.Tensor:
+    """`src` of x resized into `dst` of a `dst_size` frame; the rest black (-1 or 0), or with `edge` the nearest
+    pixel of `dst`'s edge."""
     if tuple(x.shape[-2:]) != src_size:
         raise ValueError(f"expected frames of size {src_size}, got {tuple(x.shape[-2:])}")
     part = _resize(x[..., src.top : src.top + src.height, src.left : src.left + src.width], dst.height, dst.width)
     if (dst.height, dst.width) == dst_size:
         return part
+    if edge:  # index clamping, not F.pad(mode="replicate"): that has no uint8 kernel
+        rows = (torch.arange(dst_size[0], device=x.device) - dst.top).clamp(0, dst.height - 1)
+        cols = (torch.arange(dst_size[1], device=x.device) - dst.left).clamp(0, dst.width - 1)
+        return part.index_select(-2, rows).index_select(-1, cols)
     black = 0 if x.dtype == torch.uint8 else -1.0
     out = x.new_full((*x.shape[:-2], *dst_size), black)
     out[..., dst.top : dst.top + dst.height, dst.left : dst.left + dst.width] = part

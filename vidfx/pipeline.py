@@ -421,7 +421,7 @@ class StylePipeline:
             pixels = guide.float()
             state.refiner_base = None
         else:
-            pixels = self._refine(state, decoded, guide)
+            pixels = self._refine(state, decoded, guide, geometry)
         state.chunks += 1
         return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
 
@@ -433,9 +433,12 @@ class StylePipeline:
         s = self.refiner.scale
         return F.avg_pool3d(pixels, (1, s, s))
 
-    def _refine(self, state: StreamState, decoded: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    def _refine(
+        self, state: StreamState, decoded: torch.Tensor, guide: torch.Tensor | None, geometry: FrameGeometry
+    ) -> torch.Tensor:
         """Decoded frames (1, 3, T, h, w) → float frames at the model resolution: the refiner's, given the
-        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video), or the decoded ones as they are.
+        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video) and where the camera's picture
+        lies in the model frame (`geometry.box`), or the decoded ones as they are.
 
         The refiner's base is the running blend of the stream's decoded frames (`refiner_smoothing` a = weight of
         the last blend: b_t = a·b_{t−1} + (1 − a)·d_t; a stream's first frame as it is). The DiT's frames change
@@ -456,7 +459,8 @@ class StylePipeline:
         frames = guide[0].transpose(0, 1).to(base) if guide is not None else None
         # a prompt-conditioned refiner reads the embedding this chunk's DiT ran with (transitions included)
         text = pooled_text(state.cross_of) if self.refiner.cfg.text_dim and state.cross_of is not None else None
-        return self.refiner(base, frames, text).transpose(0, 1)[None]
+        b = geometry.box
+        return self.refiner(base, frames, text, box=(b.top, b.left, b.height, b.width)).transpose(0, 1)[None]
 
     def _encode(self, request: ChunkRequest) -> _Prepared:
         st = request.state
@@ -484,7 +488,8 @@ class StylePipeline:
     def _decode(self, p: _Prepared) -> np.ndarray:
         assert p.x0 is not None
         st = p.request.state
-        pixels = self._refine(st, st.decoder.decode(p.x0.to(self.autoencoder.param_dtype)), p.guide)  # [-1, 1]
+        decoded = st.decoder.decode(p.x0.to(self.autoencoder.param_dtype))
+        pixels = self._refine(st, decoded, p.guide, p.geometry)  # [-1, 1]
         st.chunks += 1
         return tensor_to_rgb(pixels, p.geometry, pinned=self.pinned_transfer)
 

@@ -9,9 +9,10 @@ look at 2× resolution. It is per frame and has no state of its own (the pipelin
 stream's decoded frames: `ModelSettings.refiner_smoothing`).
 
     refiner = DetailRefiner(RefinerConfig())
-    out = refiner(base, guide, text)   # base (N, 3, h, w), guide (N, 3, 2h, 2w) or None, both in [-1, 1];
-                                       # text: the prompt's `pooled_text` (text_dim,) for a conditioned one
-                                       # → (N, 3, 2h, 2w) in [-1, 1]
+    out = refiner(base, guide, text, box)  # base (N, 3, h, w), guide (N, 3, 2h, 2w) or None, in [-1, 1];
+                                           # text: the prompt's `pooled_text` (text_dim,) for a conditioned one;
+                                           # box: where the camera's picture lies in the output (None: all of it)
+                                           # → (N, 3, 2h, 2w) in [-1, 1]
 
 Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the base's resolution):
 * the guide is pixel-unshuffled to the base's grid (12 channels), stacked with the base and a "has a guide"
@@ -73,25 +74,37 @@ class RefinerConfig:
         return len(self.periods) * 8  # 4 directions × (sin, cos)
 
 
-def frame_position(hw: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Where each pixel of an (H, W) frame sits: u, v (−1 … 1 across the frame, at the pixel centres), the
-    radius r = √(u² + v²) (1 at the middle of each edge, as the looks measure vignettes) and r²: (4, H, W)."""
+Region = tuple[float, float, float, float]  # (top, left, height, width) in a frame's pixels
+
+
+def frame_position(hw: tuple[int, int], dtype: torch.dtype = torch.float32, box: Region | None = None) -> torch.Tensor:
+    """Where each pixel of an (H, W) frame sits: u, v (−1 … 1 across the picture `box`, the whole frame when
+    None, at the pixel centres), the radius r = √(u² + v²) (1 at the middle of each edge, as the looks measure
+    vignettes) and r²: (4, H, W)."""
     h, w = hw
+    top, left, bh, bw = box or (0.0, 0.0, h, w)
     v, u = torch.meshgrid(
-        (torch.arange(h, dtype=torch.float64) + 0.5) / h * 2 - 1,
-        (torch.arange(w, dtype=torch.float64) + 0.5) / w * 2 - 1,
+        (torch.arange(h, dtype=torch.float64) + 0.5 - top) / bh * 2 - 1,
+        (torch.arange(w, dtype=torch.float64) + 0.5 - left) / bw * 2 - 1,
         indexing="ij",
     )
     r2 = u * u + v * v
     return torch.stack([u, v, r2.sqrt(), r2]).to(dtype)
 
 
-def screen_waves(hw: tuple[int, int], periods: tuple[float, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def screen_waves(
+    hw: tuple[int, int], periods: tuple[float, ...], dtype: torch.dtype = torch.float32, box: Region | None = None
+) -> torch.Tensor:
     """sin/cos of the pixel position along x, y, x+y, x−y at each period (pixels of a 128-px short side,
-    scaled to this frame): (len(periods)·8, H, W)."""
+    scaled to the picture): (len(periods)·8, H, W). The picture is `box` of the frame (None: all of it): its
+    short side sets the scale and its top-left pixel is the origin, so the waves lie on the picture as on a
+    frame of its own size (a look's screen is fixed to the camera's pixels, not to the margins beside them)."""
     h, w = hw
-    scale = min(h, w) / 128.0
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    top, left, bh, bw = box or (0.0, 0.0, h, w)
+    scale = min(bh, bw) / 128.0
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) - top, torch.arange(w, dtype=torch.float64) - left, indexing="ij"
+    )
     out = []
     for axis in (xx, yy, xx + yy, xx - yy):
         for period in periods:
@@ -101,6 +114,7 @@ def screen_waves(hw: tuple[int, int], periods: tuple[float, ...], dtype: torch.d
 
 
 Film = tuple[torch.Tensor, torch.Tensor]  # a stage's FiLM: (scale, shift), each (1 or N, C)
+_Key = tuple[tuple[int, int], Region | None, torch.dtype, torch.device]  # a fixed map's cache key
 
 
 def modulated(conv: nn.Conv2d, x: torch.Tensor, film: Film | None) -> torch.Tensor:
@@ -150,59 +164,68 @@ class DetailRefiner(nn.Module):
         nn.init.zeros_(self.head.weight)  # starts as the upsampled base
         nn.init.zeros_(self.head.bias)
         self.mixing = nn.Parameter(torch.randn(cfg.textures, cfg.waves) / math.sqrt(cfg.waves))
-        self._waves: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
-        self._textures: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
-        self._placed: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._waves: dict[_Key, torch.Tensor] = {}
+        self._textures: dict[_Key, torch.Tensor] = {}
+        self._placed: dict[_Key, torch.Tensor] = {}
         self.to(memory_format=torch.channels_last)
 
     @property
     def scale(self) -> int:
         return self.cfg.scale
 
-    def waves(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """`screen_waves` of an output size, built once per size, dtype and device."""
-        key = (hw[0], hw[1], like.dtype, like.device)
+    def waves(self, hw: tuple[int, int], like: torch.Tensor, box: Region | None = None) -> torch.Tensor:
+        """`screen_waves` of an output size and picture box, built once per size, box, dtype and device."""
+        key = (hw, box, like.dtype, like.device)
         if key not in self._waves:
-            self._waves[key] = screen_waves(hw, self.cfg.periods).to(like.device, like.dtype)
+            self._waves[key] = screen_waves(hw, self.cfg.periods, box=box).to(like.device, like.dtype)
         return self._waves[key]
 
-    def textures(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """The learnt screen textures of an output size (textures, H, W)."""
-        return self._fixed(self._textures, hw, like, self._mix)
+    def textures(self, hw: tuple[int, int], like: torch.Tensor, box: Region | None = None) -> torch.Tensor:
+        """The learnt screen textures of an output size and picture box (textures, H, W)."""
+        return self._fixed(self._textures, hw, box, like, self._mix)
 
-    def placed(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """The stem's position term for a base of size `hw`: `place` applied to `frame_position` (1, C, h, w)."""
-        return self._fixed(self._placed, hw, like, self._place)
+    def placed(self, hw: tuple[int, int], like: torch.Tensor, box: Region | None = None) -> torch.Tensor:
+        """The stem's position term for a base of size `hw` with the picture in `box` (base pixels): `place`
+        applied to `frame_position` (1, C, h, w)."""
+        return self._fixed(self._placed, hw, box, like, self._place)
 
     def _fixed(
         self,
-        cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor],
+        cache: dict[_Key, torch.Tensor],
         hw: tuple[int, int],
+        box: Region | None,
         like: torch.Tensor,
-        make: Callable[[tuple[int, int], torch.Tensor], torch.Tensor],
+        make: Callable[[tuple[int, int], Region | None, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """`make(hw, like)`, a map of the weights and the frame size only: made on every call while training,
-        once per size, dtype and device when not (the weights are then fixed)."""
+        """`make(hw, box, like)`, a map of the weights and the frame geometry only: made on every call while
+        training, once per size, box, dtype and device when not (the weights are then fixed)."""
         if self.training or torch.is_grad_enabled():
             cache.clear()
-            return make(hw, like)
-        key = (hw[0], hw[1], like.dtype, like.device)
+            return make(hw, box, like)
+        key = (hw, box, like.dtype, like.device)
         if key not in cache:
-            cache[key] = make(hw, like)
+            cache[key] = make(hw, box, like)
         return cache[key]
 
-    def _mix(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("tk,khw->thw", self.mixing.to(like.dtype), self.waves(hw, like))
+    def _mix(self, hw: tuple[int, int], box: Region | None, like: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("tk,khw->thw", self.mixing.to(like.dtype), self.waves(hw, like, box))
 
-    def _place(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    def _place(self, hw: tuple[int, int], box: Region | None, like: torch.Tensor) -> torch.Tensor:
         assert self.place is not None
-        pos = frame_position(hw).to(like.device, like.dtype)[None]
+        pos = frame_position(hw, box=box).to(like.device, like.dtype)[None]
         return self.place(pos).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, base: torch.Tensor, guide: torch.Tensor | None, text: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        base: torch.Tensor,
+        guide: torch.Tensor | None,
+        text: torch.Tensor | None = None,
+        box: Region | None = None,
+    ) -> torch.Tensor:
         """base (N, 3, h, w), guide (N, 3, s·h, s·w) or None, in [-1, 1]; text (N, text_dim) or (text_dim,),
-        the pooled prompt embedding (`pooled_text`; required when the refiner is conditioned) → (N, 3, s·h, s·w)
-        in [-1, 1]."""
+        the pooled prompt embedding (`pooled_text`; required when the refiner is conditioned); box: where the
+        camera's picture lies in the output frame (top, left, height, width in output pixels; None: the whole
+        frame), which places the screen textures and the frame position → (N, 3, s·h, s·w) in [-1, 1]."""
         s, cfg = self.cfg.scale, self.cfg
         n, _, h, w = base.shape
         if guide is None:
@@ -218,7 +241,8 @@ class DetailRefiner(nn.Module):
         films = self._films(text, base)
         feat = modulated(self.stem, x, films[0])
         if self.place is not None:
-            feat = feat + self.placed((h, w), base)
+            base_box = None if box is None else (box[0] / s, box[1] / s, box[2] / s, box[3] / s)
+            feat = feat + self.placed((h, w), base, base_box)
         feat = F.relu(feat)
         for block, film in zip(self.body, films[1:], strict=True):
             feat = block(feat, film)
@@ -229,7 +253,7 @@ class DetailRefiner(nn.Module):
             sub = sub + self._guided(out[:, k:], fine)
         colour = F.pixel_shuffle(sub, s) + F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False)
         amps = F.interpolate(out[:, 3 * s * s : k], scale_factor=s, mode="nearest")  # (N, textures, s·h, s·w)
-        texture = (amps * self.textures((h * s, w * s), base)).sum(1, keepdim=True)
+        texture = (amps * self.textures((h * s, w * s), base, box)).sum(1, keepdim=True)
         # [-1, 1] ↔ [0, 1] around the multiplication, so a wave darkens towards black, as the looks' textures do
         return ((colour + 1) * (1 + texture) - 1).clamp(-1, 1)
 

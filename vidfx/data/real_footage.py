@@ -100,11 +100,16 @@ def luma_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def perfect_rendering(source: np.ndarray, look: str, geometry: FrameGeometry) -> np.ndarray:
-    """The look rendered at the model's resolution, resized back to the camera's: uint8 (T, H, W, 3)."""
-    x = torch.from_numpy(np.ascontiguousarray(source)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
-    small = geometry.to_model(x).permute(0, 2, 3, 1).contiguous().numpy()
-    styled = torch.from_numpy(stylize(small, look)).permute(0, 3, 1, 2)
-    return geometry.to_camera(styled).permute(0, 2, 3, 1).contiguous().numpy()
+    """The look rendered at the model's resolution — on the camera's picture in the model frame
+    (`geometry.box`), not the margins beside it — resized back to the camera's: uint8 (T, H, W, 3)."""
+    camera = torch.from_numpy(np.ascontiguousarray(source)).permute(0, 3, 1, 2)
+    x = geometry.to_model(camera).clone()  # (T, 3, h, w) uint8; a copy: at equal sizes it is `source` itself
+    b = geometry.box
+    picture = x[..., b.top : b.top + b.height, b.left : b.left + b.width].permute(0, 2, 3, 1).contiguous().numpy()
+    x[..., b.top : b.top + b.height, b.left : b.left + b.width] = torch.from_numpy(stylize(picture, look)).permute(
+        0, 3, 1, 2
+    )
+    return geometry.to_camera(x).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def score_footage(
