@@ -287,7 +287,7 @@ class StylePipeline:
     def stream_geometry(self, state: StreamState, camera: tuple[int, int]) -> FrameGeometry:
         """`geometry` of one stream: its model resolution is chosen on its first chunk (from that frame's
         size) and kept until `reset()`; the stream's KV cache is sized for that latent grid. Later frames of
-        another size map onto the same resolution (under `aspect`, stretched to it)."""
+        another size map onto the same resolution (under `aspect`, into its box of their own aspect)."""
         if state.model_size is None or state.first:
             state.model_size = self.geometry(camera).model
             f, (_, ph, pw) = self.pixel_factor, self.dit.cfg.patch_size
