@@ -31,8 +31,9 @@ Architecture (≈ 3.5k multiply-adds per output pixel, nearly all of it at the b
   `colour_matrix` and `channel_bins`, a tone curve, a colour matrix and a curve per colour channel per base
   pixel applied to its 2×2 guide pixels (`_guided`);
 * a texture is a learnt mixture of fixed waves: sin/cos of the pixel position along x, y, x+y and x−y at
-  `periods` (in pixels of a 128-pixel short side, scaled with the frame) — a convolution cannot place a
-  pattern fixed to the screen (hatching, halftone dots, scanlines), it can say how strongly one shows here;
+  `periods` (in pixels of a 128-pixel short side, scaled with the camera's picture, `box`) — a convolution
+  cannot place a pattern fixed to the screen (hatching, halftone dots, scanlines), it can say how strongly one
+  shows here;
   the output is colour · (1 + Σ amplitude · texture).
 """
 
