@@ -8,7 +8,7 @@
 #      vidfx needs beyond it (pydantic-settings, PyAV, pyzmq, aiortc and their dependencies).
 #   2. On the GPU machine, from the repository root (with the device tool: carry [".whl"]):
 #        bash benchmarks/gpu_session.sh bench    # ≈ 6 min: `vidfx bench gpu` + the CUDA tests
-#        bash benchmarks/gpu_session.sh serve    # ≈ 7 min: the node on the GPU (ZeroMQ and WebRTC)
+#        bash benchmarks/gpu_session.sh serve    # ≈ 8 min: the node on the GPU (ZeroMQ and WebRTC)
 #      Each writes into $OUT (default benchmarks/gpu_out/): bench: RESULTS.md (benchmarks/RESULTS.md with the
 #      GPU section filled in), gpu.png, gpu.json (raw, written row by row), gpu.log, tests.log; serve: serve*.json
 #      and serve*.log, webrtc.log.
@@ -60,7 +60,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 start=$SECONDS
 
 phase=${1:-bench}
-FAST=(--model-encoder=tae --model-decoder=tae --model-first-chunk-latents=1 --accel-compile --accel-cuda-graphs)
+FAST=(--model-encoder=tae --model-decoder=tae --model-first-chunk-latents=1 --accel-compile --accel-cuda-graphs
+      --accel-overlap-decode)
 
 if [ "$phase" = bench ]; then
   # ≤ 7 min. Rows that compile come last at each size; no row starts after its size's budget, so the table is
@@ -70,12 +71,16 @@ if [ "$phase" = bench ]; then
     --results benchmarks/RESULTS.md --plot benchmarks/gpu.png --json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
   cp benchmarks/RESULTS.md benchmarks/gpu.png "$OUT/" 2>/dev/null
   echo "gpu_session: bench gpu done at $((SECONDS - start)) s"
-  timeout 50 "$PY" -m pytest -q -p no:cacheprovider -p no:logging tests/test_accel.py -k on_cuda 2>&1 \
+  timeout 50 "$PY" -m pytest -q -p no:cacheprovider -p no:logging tests/test_accel.py tests/test_decode_overlap.py \
+    -k on_cuda 2>&1 \
     | tee "$OUT/tests.log"
 elif [ "$phase" = serve ]; then
   # ≈ 60 s: the small default model, 1 and 2 streams (measured 2026-12-04: 36% / 43% overhead).
   timeout 75 "$PY" -m vidfx.cli bench serve --device cuda --dtype float32 --streams 1 2 --seconds 3 \
     --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log"
+  # ≈ 35 s: one stream with the decode overlapped (node and standalone alike; its CUDA test is in `bench`).
+  timeout 50 "$PY" -m vidfx.cli bench serve --device cuda --dtype float32 --streams 1 --seconds 3 \
+    --node-flag=--accel-overlap-decode --json "$OUT/serve_overlap.json" 2>&1 | tee "$OUT/serve_overlap.log"
   echo "gpu_session: serve (default model) done at $((SECONDS - start)) s"
   # ≈ 4 min: the 1.3B architecture as the fastest configuration serves it (each side compiles once, ≈ 45 s).
   flags=(); for f in "${FAST[@]}"; do flags+=("--node-flag=$f"); done

@@ -17,6 +17,9 @@ where the switch runs on the CPU):
   i.e. per visible length); CUDA only.
 * pinned transfer — frames cross host↔device through pinned memory with asynchronous copies; a no-op on the
   CPU.
+* overlapped decode — the engine's worker launches a batch's decode (and the copy of its frames to pinned host
+  memory) on a CUDA stream of its own, encodes and denoises the next batch meanwhile, then collects the frames
+  (`StylePipeline.start_decode`); CUDA only. The same work as in order: a stream's chunks still decode in order.
 
 Settings that cost start-up time or need CUDA default to off; `vidfx bench gpu` measured each on an H200
 (benchmarks/RESULTS.md, *GPU*; `AccelSettings` says what it found). Nothing here loads weights: loading stays
@@ -77,6 +80,10 @@ def warmup_chunks(pipe: StylePipeline, accel: AccelSettings, chunks: int) -> int
 
 def apply_acceleration(pipe: StylePipeline, accel: AccelSettings) -> StylePipeline:
     """Apply `accel` to a built pipeline in place (its DiT and its frame transfers) and return it."""
+    if accel.overlap_decode and pipe.device.type != "cuda":
+        raise ValueError(f"accel.overlap_decode needs a CUDA device, the model is on {pipe.device}")
     accelerate_dit(pipe.dit, accel)
     pipe.pinned_transfer = accel.pinned_transfer and pipe.device.type == "cuda"
+    pipe.overlap_decode = accel.overlap_decode
+    pipe.decode_stream = torch.cuda.Stream(pipe.device) if accel.overlap_decode else None
     return pipe

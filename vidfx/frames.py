@@ -308,6 +308,12 @@ def _resize_in_uint8(device: torch.device) -> bool:
 def tensor_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None, pinned: bool = False) -> np.ndarray:
     """(1, 3, T, h, w) in [-1, 1] -> (T, H, W, 3) uint8 RGB on the CPU (camera-sized with `geometry`);
     `pinned` (CUDA only): through pinned host memory."""
+    return to_host(clip_to_rgb(x, geometry), pinned).numpy()
+
+
+def clip_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None) -> torch.Tensor:
+    """(1, 3, T, h, w) in [-1, 1] -> (T, H, W, 3) uint8 RGB on x's device (camera-sized with `geometry`): what
+    `tensor_to_rgb` copies to the host."""
     if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected a (1, 3, T, h, w) clip tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -321,7 +327,7 @@ def tensor_to_rgb(x: torch.Tensor, geometry: FrameGeometry | None = None, pinned
     u8 = frames.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)  # (T, 3, h, w)
     if geometry is not None and _resize_in_uint8(frames.device):
         u8 = geometry.to_camera(u8)
-    return to_host(u8.permute(0, 2, 3, 1).contiguous(), pinned).numpy()
+    return u8.permute(0, 2, 3, 1).contiguous()
 
 
 def tensor_to_arrays(

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from vidfx.autoencoder.base import StreamDecoder, StreamEncoder, VideoAutoencoder
 from vidfx.autoencoder.refiner import DetailRefiner, pooled_text
 from vidfx.config import ModelSettings, StreamSettings
-from vidfx.frames import Fit, FrameGeometry, frames_to_tensor, tensor_to_rgb
+from vidfx.frames import Fit, FrameGeometry, clip_to_rgb, frames_to_tensor, tensor_to_rgb, to_host
 from vidfx.generation import denoise_chunk, write_context
 from vidfx.model.kv_cache import CrossAttnCache, KVCache
 from vidfx.model.wan_dit import CausalDiT
@@ -214,7 +214,23 @@ class _Prepared:
     timesteps: list[float]  # what the DiT is fed at each σ (`sampling.chunk_schedule`)
     source: torch.Tensor | None = None  # the clean input latent, for a source-conditioned DiT
     guide: torch.Tensor | None = None  # the input frames (1, 3, T, H, W) at the model resolution, for a refiner
+    text: torch.Tensor | None = None  # a prompt-conditioned refiner's pooled embedding of this chunk's prompt
     x0: torch.Tensor | None = None
+
+
+@dataclass
+class DecodingChunks:
+    """A batch's denoised chunks on their way to frames on the host, while the worker goes on with the next batch.
+
+    Lifecycle: made by `StylePipeline.start_decode` from `denoise_chunks`' output; `StylePipeline.collect` (once,
+    on the worker thread) returns each chunk's frames. On CUDA with a decode stream the decode and the copy to
+    pinned host memory were launched on that stream, so they run beside the next batch's encode and denoise, and
+    `collect` waits for them; without one the decode is deferred, and `collect` runs it.
+    """
+
+    prepared: list[_Prepared]
+    host: list[torch.Tensor | Exception] | None = None  # launched: pinned (T, H, W, 3) uint8, filled by `done`
+    done: torch.cuda.Event | None = None  # recorded on the decode stream after the last copy
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------
@@ -255,6 +271,10 @@ class StylePipeline:
         self.profile = profile  # the release profile whose sampler settings apply ("" for our own models)
         self.latent_hw = (settings.height // self.pixel_factor, settings.width // self.pixel_factor)
         self.pinned_transfer = False  # frames through pinned host memory (CUDA; vidfx.accel sets it)
+        # The engine decodes each batch while the worker encodes and denoises the next: on `decode_stream` (CUDA,
+        # vidfx.accel sets both), or without one deferred to the worker's next call (same work, in another order).
+        self.overlap_decode = False
+        self.decode_stream: torch.cuda.Stream | None = None
 
     # -- geometry ------------------------------------------------------------------------------------------
     def chunk_latents(self, first: bool) -> int:
@@ -365,6 +385,12 @@ class StylePipeline:
     def process_chunks(self, requests: Sequence[ChunkRequest], batch: bool = True) -> list[np.ndarray]:
         """Several streams' chunks; the DiT runs once for every group that can share a forward (same σ list and
         cache length), unless `batch` is False. Results are in request order."""
+        return [self._decode(p) for p in self.denoise_chunks(requests, batch)]
+
+    @torch.no_grad()
+    def denoise_chunks(self, requests: Sequence[ChunkRequest], batch: bool = True) -> list[_Prepared]:
+        """`process_chunks` up to the denoised latents (each request's `x0`): every stream state but the
+        decoder's has advanced. Decode them with `start_decode` and `collect`, in the order they were denoised."""
         prepared = [self._encode(r) for r in requests]
         groups: dict[tuple, list[_Prepared]] = {}
         for p in prepared:
@@ -381,7 +407,43 @@ class StylePipeline:
                 )  # fmt: skip
             else:
                 self._denoise_batch(group)
-        return [self._decode(p) for p in prepared]
+        return prepared
+
+    def start_decode(self, prepared: list[_Prepared]) -> DecodingChunks:
+        """Launch the decode of denoised chunks on the decode stream (CUDA), or defer it (`DecodingChunks`)."""
+        side = self.decode_stream
+        if side is None:
+            return DecodingChunks(prepared)
+        side.wait_stream(torch.cuda.current_stream(self.device))  # the latents are ready before it reads them
+        host: list[torch.Tensor | Exception] = []
+        with torch.no_grad(), torch.cuda.stream(side):
+            for p in prepared:
+                for made_on_main in (p.x0, p.guide):
+                    if made_on_main is not None:  # not reused by the main stream until the decode stream is done
+                        made_on_main.record_stream(side)
+                try:
+                    rgb = self._decode_rgb(p)
+                    host.append(torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True).copy_(rgb, non_blocking=True))
+                except Exception as exc:  # this chunk's; the batch's other chunks go on
+                    host.append(exc)
+            done = torch.cuda.Event()
+            done.record(side)
+        return DecodingChunks(prepared, host, done)
+
+    @torch.no_grad()
+    def collect(self, decoding: DecodingChunks) -> list[np.ndarray | Exception]:
+        """Each chunk's uint8 frames (T, H, W, 3), or the exception its decode raised (`DecodingChunks`)."""
+        if decoding.host is None:
+            out: list[np.ndarray | Exception] = []
+            for p in decoding.prepared:
+                try:
+                    out.append(self._decode(p))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        assert decoding.done is not None
+        decoding.done.synchronize()
+        return [h if isinstance(h, Exception) else h.numpy() for h in decoding.host]
 
     @torch.no_grad()
     def generate_chunk(
@@ -421,7 +483,7 @@ class StylePipeline:
             pixels = guide.float()
             state.refiner_base = None
         else:
-            pixels = self._refine(state, decoded, guide, geometry)
+            pixels = self._refine(state, decoded, guide, geometry, self._refiner_text(state))
         state.chunks += 1
         return tensor_to_rgb(pixels, FrameGeometry(size, geometry.model, geometry.fit))
 
@@ -433,12 +495,25 @@ class StylePipeline:
         s = self.refiner.scale
         return F.avg_pool3d(pixels, (1, s, s))
 
+    def _refiner_text(self, state: StreamState) -> torch.Tensor | None:
+        """What a prompt-conditioned refiner reads: the pooled embedding the chunk's DiT ran with (transitions
+        included); None for a refiner without text, or none at all."""
+        if self.refiner is None or not self.refiner.cfg.text_dim or state.cross_of is None:
+            return None
+        return pooled_text(state.cross_of)
+
     def _refine(
-        self, state: StreamState, decoded: torch.Tensor, guide: torch.Tensor | None, geometry: FrameGeometry
+        self,
+        state: StreamState,
+        decoded: torch.Tensor,
+        guide: torch.Tensor | None,
+        geometry: FrameGeometry,
+        text: torch.Tensor | None,
     ) -> torch.Tensor:
         """Decoded frames (1, 3, T, h, w) → float frames at the model resolution: the refiner's, given the
-        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video) and where the camera's picture
-        lies in the model frame (`geometry.box`), or the decoded ones as they are.
+        chunk's input frames (1, 3, T, H, W) as its guide (None: text-to-video), the prompt (`_refiner_text`, taken
+        when the chunk was denoised) and where the camera's picture lies in the model frame (`geometry.box`), or
+        the decoded ones as they are.
 
         The refiner's base is the running blend of the stream's decoded frames (`refiner_smoothing` a = weight of
         the last blend: b_t = a·b_{t−1} + (1 − a)·d_t; a stream's first frame as it is). The DiT's frames change
@@ -457,8 +532,6 @@ class StylePipeline:
         state.refiner_base = last
         base = torch.cat(blended)  # (T, 3, h, w)
         frames = guide[0].transpose(0, 1).to(base) if guide is not None else None
-        # a prompt-conditioned refiner reads the embedding this chunk's DiT ran with (transitions included)
-        text = pooled_text(state.cross_of) if self.refiner.cfg.text_dim and state.cross_of is not None else None
         b = geometry.box
         return self.refiner(base, frames, text, box=(b.top, b.left, b.height, b.width)).transpose(0, 1)[None]
 
@@ -483,15 +556,23 @@ class StylePipeline:
         noise = torch.randn(z.shape, generator=st.generator, device=z.device, dtype=z.dtype)
         source = z if self.dit.cfg.condition_dim == self.dit.cfg.out_dim else None  # a source-conditioned DiT
         guide = pixels if self.refiner is not None else None
-        return _Prepared(request, geometry, noise_to(z, noise, sigmas[0]), sigmas, [t for t, _ in pairs], source, guide)
+        return _Prepared(
+            request, geometry, noise_to(z, noise, sigmas[0]), sigmas, [t for t, _ in pairs], source, guide,
+            self._refiner_text(st),
+        )  # fmt: skip
 
     def _decode(self, p: _Prepared) -> np.ndarray:
+        return to_host(self._decode_rgb(p), self.pinned_transfer).numpy()
+
+    def _decode_rgb(self, p: _Prepared) -> torch.Tensor:
+        """A denoised chunk → its camera-sized uint8 frames (T, H, W, 3) on the model's device; advances the
+        stream's decoder (and refiner base), so a stream's chunks go through here in order."""
         assert p.x0 is not None
         st = p.request.state
         decoded = st.decoder.decode(p.x0.to(self.autoencoder.param_dtype))
-        pixels = self._refine(st, decoded, p.guide, p.geometry)  # [-1, 1]
+        pixels = self._refine(st, decoded, p.guide, p.geometry, p.text)  # [-1, 1]
         st.chunks += 1
-        return tensor_to_rgb(pixels, p.geometry, pinned=self.pinned_transfer)
+        return clip_to_rgb(pixels, p.geometry)
 
     def _denoise_batch(self, group: list[_Prepared]) -> None:
         """Few-step denoise + cache write of B streams' chunks in one forward per step.

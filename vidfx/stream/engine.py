@@ -3,8 +3,14 @@
 Threads: everything here runs on the asyncio event loop except `_run_batch`, which runs on the engine's single
 model worker thread (one worker per device: two threads would only fight over the same cores or GPU).
 The scheduler hands the worker one batch at a time — up to `max_batch` sessions whose next chunk is complete,
-oldest waiting first — and meanwhile the loop keeps receiving, so input never waits on the model. A session has
-at most one chunk in flight, which keeps its output in order and its model state single-threaded.
+oldest waiting first — and meanwhile the loop keeps receiving, so input never waits on the model, and sends the
+previous batch's frames, so the worker does not wait for the loop between batches. A session has at most one
+chunk at the worker at a time, which keeps its output in order and its model state single-threaded.
+
+With the pipeline's `overlap_decode` (on CUDA: the decode on its own stream) a worker call encodes and
+denoises batch j + 1, launches its decode, then collects batch j's frames: the GPU decodes one batch beside the
+next one's denoise. When no batch is ready, the worker collects at once, so a stream's frames never wait for a
+later chunk.
 
 Latency is bounded by construction: a session holds at most `pending_bound` frames (about one chunk); when
 input outruns the model the oldest are dropped and counted, so a frame waits at most one chunk to fill plus
@@ -28,7 +34,7 @@ import numpy as np
 
 from vidfx.accel import warmup_chunks
 from vidfx.config import Settings
-from vidfx.pipeline import ChunkRequest, StreamParams, StylePipeline
+from vidfx.pipeline import ChunkRequest, DecodingChunks, StreamParams, StylePipeline
 from vidfx.protocol import check_token
 from vidfx.stream.metrics import Metrics
 from vidfx.stream.session import InputFrame, OutputFrame, Session, Sink
@@ -50,6 +56,10 @@ class ChunkJob:
     real: int  # frames to emit
     params: StreamParams
     reset: bool
+
+
+ChunkResult = tuple[ChunkJob, "np.ndarray | Exception"]  # a job and its frames (T, H, W, 3) uint8, or its error
+Decoding = tuple[list[ChunkJob], DecodingChunks]  # a batch's jobs and their decode, under way or deferred
 
 
 def default_params(settings: Settings) -> StreamParams:
@@ -224,7 +234,7 @@ class Engine:
         next_due: float | None = None
         params: dict[str, StreamParams] = {}
         for s in self.sessions.values():
-            if s.in_flight or s.paused or not s.pending:
+            if s.at_worker or s.paused or not s.pending:
                 continue
             ready_params = self._model_params(s)
             if ready_params is None:  # its first prompt is being encoded: its frames wait (bounded) meanwhile
@@ -246,49 +256,71 @@ class Engine:
             stack = [f.pixels for f in frames] + [frames[-1].pixels] * (need - len(frames))
             jobs.append(ChunkJob(s, frames, np.stack(stack), len(frames), params[s.id], s.reset_requested))
             s.reset_requested = False
-            s.in_flight = True
+            s.in_flight += 1
+            s.at_worker = True
         return jobs, next_due
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stopping:
-            jobs, next_due = self._take_jobs(time.monotonic())
+        decoding: Decoding | None = None  # the last batch, decoding beside the next (`overlap_decode`)
+        done: list[ChunkResult] = []  # the last worker call's finished chunks, to deliver
+        while True:
+            jobs, next_due = ([], None) if self._stopping else self._take_jobs(time.monotonic())
             self._update_depth()
-            if not jobs:
-                timeout = None if next_due is None else max(next_due - time.monotonic(), 0.001)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                self._wake.clear()
+            if jobs or decoding is not None:
+                started = time.monotonic()
+                call = loop.run_in_executor(self._worker, self._run_batch, jobs, decoding)
+                self._deliver_results(done)  # the previous call's frames go out while the worker runs this one
+                done, decoding = await call
+                for job in jobs:
+                    job.session.at_worker = False
+                self.metrics.chunk_latency.observe(time.monotonic() - started)
+                if jobs:
+                    self.metrics.batch_size.observe(len(jobs))
                 continue
-            started = time.monotonic()
-            results = await loop.run_in_executor(self._worker, self._run_batch, jobs)
-            self.metrics.chunk_latency.observe(time.monotonic() - started)
-            self.metrics.batch_size.observe(len(jobs))
-            for job, out in zip(jobs, results, strict=True):
-                try:
-                    self._finish(job, out)
-                except Exception:  # one session's delivery failing must not stop the others or the scheduler
-                    log.exception("delivering session %s's chunk failed", job.session.id)
-                    job.session.in_flight = False
+            self._deliver_results(done)
+            done = []
+            if self._stopping:
+                return
+            timeout = None if next_due is None else max(next_due - time.monotonic(), 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    def _deliver_results(self, results: Sequence[ChunkResult]) -> None:
+        for job, out in results:
+            try:
+                self._finish(job, out)
+            except Exception:  # one session's delivery failing must not stop the others or the scheduler
+                log.exception("delivering session %s's chunk failed", job.session.id)
 
     def _finish(self, job: ChunkJob, out: np.ndarray | Exception) -> None:
         s = job.session
-        s.in_flight = False
+        s.in_flight -= 1
         if s.closed:
             return
         if isinstance(out, Exception):
             s._drop("error", job.real)
-            s.model_state = None  # start the stream afresh rather than continue from a half-advanced state
         else:
             s.chunks += 1
             self.metrics.chunks.inc()
             for f, pixels in zip(job.frames, out[: job.real], strict=True):
                 self.deliver(s, OutputFrame(s.id, f.seq, f.pts_us, pixels, f.received, stylized=True, audio=f.audio))
-        if s.paused:
+        if s.paused and not s.in_flight:
             s.pass_through()
 
-    def _run_batch(self, jobs: Sequence[ChunkJob]) -> list[np.ndarray | Exception]:
-        """Worker thread: the model work of one batch. Exceptions become per-job results, never escape."""
+    def _run_batch(
+        self, jobs: Sequence[ChunkJob], decoding: Decoding | None
+    ) -> tuple[list[ChunkResult], Decoding | None]:
+        """Worker thread: encode and denoise `jobs`, decode them (at once, or launched for the next call to
+        collect), and collect the previous call's `decoding`. Returns the chunks finished, in order, and what is
+        still decoding. Exceptions become per-job results, never escape; a failed chunk's stream starts afresh."""
+        done: list[ChunkResult] = []
+        if decoding is not None and any(job.reset for job in jobs):
+            done += self._collect(decoding)  # a reset must not clear a decoder cache that a decode still needs
+            decoding = None
+        failed: list[ChunkResult] = []
+        started: Decoding | None = None
         try:
             requests = []
             for job in jobs:
@@ -298,11 +330,35 @@ class Engine:
                     job.session.model_state.reset()
                 state = job.session.model_state
                 requests.append(ChunkRequest(state, job.pixels, job.params, job.frames[0].pts_us))
-            return list(self.pipeline.process_chunks(requests, batch=self.batch))
+            if requests:
+                started = (list(jobs), self.pipeline.start_decode(self.pipeline.denoise_chunks(requests, self.batch)))
         except Exception as exc:
             # The batch's states may be half advanced: every job of it fails and its session starts afresh.
             log.exception("chunk of sessions %s failed", ", ".join(j.session.id for j in jobs))
-            return [exc] * len(jobs)
+            for job in jobs:
+                job.session.model_state = None
+            failed = [(job, exc) for job in jobs]
+        if decoding is not None:
+            done += self._collect(decoding)  # after launching this batch's decode: the GPU never idles meanwhile
+        done += failed
+        if started is not None and not self.pipeline.overlap_decode:
+            done += self._collect(started)
+            started = None
+        return done, started
+
+    def _collect(self, decoding: Decoding) -> list[ChunkResult]:
+        """Worker thread: a batch's frames from its decode; a chunk whose decode failed starts its stream afresh."""
+        jobs, chunks = decoding
+        try:
+            results = self.pipeline.collect(chunks)
+        except Exception as exc:  # the wait itself failed (a device error): none of the batch's frames came
+            results = [exc] * len(jobs)
+        for job, out, prepared in zip(jobs, results, chunks.prepared, strict=True):
+            if isinstance(out, Exception):
+                log.error("decoding session %s's chunk failed", job.session.id, exc_info=out)
+                if job.session.model_state is prepared.request.state:
+                    job.session.model_state = None
+        return list(zip(jobs, results, strict=True))
 
     async def _reap(self) -> None:
         """Close sessions idle for `idle_timeout_s`, and sessions nobody feeds (claimed by a control client, no

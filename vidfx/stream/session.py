@@ -13,7 +13,8 @@ input frame's `seq` and `pts_us`.
 Lifecycle: opened by `Engine.open_session` (first frame of a stream id, a control `set`, or a WebRTC peer);
 fed and steered on the event loop; closed by `Engine.close_session` (idle timeout, hang-up or shutdown), which
 drops and counts its pending frames and ends `frames()`. Everything here runs on the event loop; the model
-state (`model_state`) is only touched by the worker while `in_flight` is set, and by nobody otherwise.
+state (`model_state`) is only touched by the model worker: while `at_worker` is set, or while a chunk of the
+session is being decoded (the engine's worker decodes a batch beside the next one) — never by the loop.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class Session:
         # The prompt blend the model runs with: `params.prompts` once their embeddings are ready (the engine's
         # text worker encodes them off the model worker), the previous blend until then; None before the first.
         self.ready_prompts: tuple[tuple[str, float], ...] | None = None
-        self.in_flight = False
+        self.in_flight = 0  # chunks taken from `pending` whose frames are not out yet (two while one decodes)
+        self.at_worker = False  # a chunk of it is being encoded and denoised: its next one waits
         self.paused = False
         self.reset_requested = False
         self.closed = False
