@@ -58,13 +58,15 @@ def test_decoding_beside_the_next_batch_equals_decoding_in_order(pipe: StylePipe
     def steer(j: int) -> list[StreamParams]:
         return [params[0].with_(prompts=(("comic book style", 1.0),)) if j >= 2 else params[0], params[1]]
 
+    def requests(states: list, j: int, chunk: np.ndarray) -> list[ChunkRequest]:
+        return [ChunkRequest(st, chunk, p) for st, p in zip(states, steer(j), strict=True)]
+
     states = [pipe.new_stream_state(p) for p in params]
-    in_order = [pipe.process_chunks([ChunkRequest(st, c, p) for st, p in zip(states, steer(j))])
-                for j, c in enumerate(chunks)]  # fmt: skip
+    in_order = [pipe.process_chunks(requests(states, j, c)) for j, c in enumerate(chunks)]
     states = [pipe.new_stream_state(p) for p in params]
     overlapped_out, decoding = [], None
     for j, c in enumerate(chunks):
-        denoised = pipe.denoise_chunks([ChunkRequest(st, c, p) for st, p in zip(states, steer(j))])
+        denoised = pipe.denoise_chunks(requests(states, j, c))
         launched = pipe.start_decode(denoised)
         if decoding is not None:
             overlapped_out.append(pipe.collect(decoding))
@@ -222,9 +224,7 @@ def test_the_decode_stream_equals_decoding_in_order_on_cuda() -> None:
     video = make_video(1 + 4 * 5)
     outs = []
     for overlap in (False, True):
-        pipe = apply_acceleration(
-            load_pipeline(ModelSettings(device="cuda")), AccelSettings(overlap_decode=overlap)
-        )
+        pipe = apply_acceleration(load_pipeline(ModelSettings(device="cuda")), AccelSettings(overlap_decode=overlap))
         st = pipe.new_stream_state(StreamParams(seed=3))
         frames, decoding = [], None
         for c in _chunks(pipe, video):
