@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,42 @@ def test_pinned_transfer_equals_pageable_on_cuda() -> None:
     pinned = frames_to_tensor(frames, device="cuda", pinned=True)
     assert torch.equal(pageable, pinned)
     assert np.array_equal(tensor_to_rgb(pinned, pinned=True), tensor_to_rgb(pageable))
+
+
+_HEAP_PROBE = """
+import ctypes, sys, torch
+from vidfx.accel import keep_freed_memory
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                                "fordblks keepcost").split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = libc.mallinfo2()
+blocks = [torch.ones(5 * 2**20) for _ in range(3)]  # three 20 MiB blocks
+held = libc.mallinfo2()
+del blocks
+after = libc.mallinfo2()
+print((held.hblkhd - before.hblkhd) >> 20, (held.arena - before.arena) >> 20, (after.arena - before.arena) >> 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_freed_memory_is_kept_for_the_next_chunk() -> None:
+    """`keep_freed_memory` in a fresh process: chunk-sized blocks (20 MiB) come from the heap, not from fresh
+    mappings, and the heap keeps them once freed; glibc's default maps them (and unmaps them on free)."""
+
+    def probe(side: str) -> list[int]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, side], capture_output=True, text=True, env=env,
+                             check=True, timeout=120).stdout  # fmt: skip
+        return [int(v) for v in out.split()]
+
+    mapped, heap, heap_after_free = probe("keep")
+    assert mapped == 0 and heap >= 50 and heap_after_free >= 50, (mapped, heap, heap_after_free)
+    mapped, heap, heap_after_free = probe("default")
+    assert mapped >= 40 and heap_after_free < 40, (mapped, heap, heap_after_free)  # the check can fail
 
 
 # -- settings ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The GPU inference path: `AccelSettings` applied to a built pipeline (or a bare DiT), one switch at a time.
+"""The fast inference path: `AccelSettings` applied to a built pipeline (or a bare DiT), one switch at a time.
 
     pipe = apply_acceleration(load_pipeline(settings.model), settings.accel)
 
@@ -20,6 +20,8 @@ where the switch runs on the CPU):
 * overlapped decode — the engine's worker launches a batch's decode (and the copy of its frames to pinned host
   memory) on a CUDA stream of its own, encodes and denoises the next batch meanwhile, then collects the frames
   (`StylePipeline.start_decode`); CUDA only. The same work as in order: a stream's chunks still decode in order.
+* keep freed memory — glibc's malloc keeps freed host memory for reuse instead of handing it back to the OS
+  (`keep_freed_memory`); the process's allocator only, nothing the model computes.
 
 Settings that cost start-up time or need CUDA default to off; `vidfx bench gpu` measured each on an H200
 (benchmarks/RESULTS.md, *GPU*; `AccelSettings` says what it found). Nothing here loads weights: loading stays
@@ -28,6 +30,8 @@ in the loader, this runs after it.
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +54,31 @@ SDPA_BACKENDS: dict[str, SDPBackend] = {
 # Distinct block input shapes a stream needs compiled: visible-cache lengths × batch sizes × write/no-write
 # are a few dozen at most; the default limit (8) would silently fall back to eager after the eighth.
 COMPILE_RECOMPILE_LIMIT = 64
+
+
+# glibc's mallopt parameters (malloc.h) and the values `keep_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest on 64-bit (HEAP_MAX_SIZE / 2): blocks below come from the heap
+TRIM_THRESHOLD = 2**30  # free memory at the heap's top kept mapped up to this much
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed host memory for reuse; True where it applied (glibc), False elsewhere.
+
+    PyTorch frees a chunk's intermediate tensors (up to MBs each) and allocates the same sizes again for the
+    next chunk. By default glibc serves blocks over its (adaptive) mmap threshold with fresh mappings and
+    returns freed memory beyond 128 KiB at the heap's top to the OS, so every chunk faulted its pages in again:
+    17,000 page faults and 28 ms of system time in a 150 ms chunk of the default model on 2 cores. With the
+    blocks served from the heap and the heap kept, the pages stay mapped (benchmarks/RESULTS.md, *Serving*).
+    The process's resident memory then stays at its high-water mark instead of breathing with each chunk.
+    Process-wide; calling it again changes nothing."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def accelerate_dit(dit: CausalDiT, accel: AccelSettings) -> CausalDiT:
@@ -82,6 +111,8 @@ def apply_acceleration(pipe: StylePipeline, accel: AccelSettings) -> StylePipeli
     """Apply `accel` to a built pipeline in place (its DiT and its frame transfers) and return it."""
     if accel.overlap_decode and pipe.device.type != "cuda":
         raise ValueError(f"accel.overlap_decode needs a CUDA device, the model is on {pipe.device}")
+    if accel.keep_freed_memory:
+        keep_freed_memory()
     accelerate_dit(pipe.dit, accel)
     pipe.pinned_transfer = accel.pinned_transfer and pipe.device.type == "cuda"
     pipe.overlap_decode = accel.overlap_decode

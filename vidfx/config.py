@@ -197,7 +197,7 @@ class LimitSettings(_Section):
 
 
 class AccelSettings(_Section):
-    """The GPU inference path (vidfx.accel.apply_acceleration), one switch per optimisation. None changes what
+    """The fast inference path (vidfx.accel.apply_acceleration), one switch per optimisation. None changes what
     the model computes beyond kernel rounding (tests/test_accel.py holds each to the eager path). bf16 weights
     are `model.dtype`. Defaults: switches that cost nothing and are exact anywhere are on; those that cost
     start-up time or need CUDA are off; `vidfx bench gpu` measured each on an H200 (benchmarks/RESULTS.md, *GPU*):
@@ -222,6 +222,10 @@ class AccelSettings(_Section):
         False, description="decode each batch on its own CUDA stream beside the next batch's encode and denoise "
         "(CUDA; `vidfx bench gpu`, H200, 480×832: 1.17× with the Wan VAE, 1.18× with TAEHV); off until the "
         "node's path is measured on a GPU"
+    )  # fmt: skip
+    keep_freed_memory: bool = Field(
+        True, description="glibc: keep freed host memory for reuse instead of faulting it in again every chunk "
+        "(default model, 2-core CPU: a chunk 150 → 125 ms); resident memory stays at its high-water mark"
     )  # fmt: skip
 
 

@@ -40,7 +40,10 @@ class Metrics:
             self.frames_dropped.labels(reason)  # exported as 0 from the start, so rates work at once
         self.chunks = Counter("vidfx_chunks", "Chunks processed by the model", registry=r)
         self.chunk_latency = Histogram(
-            "vidfx_chunk_latency_seconds", "Model time of one batch of chunks", buckets=_BUCKETS, registry=r
+            "vidfx_chunk_latency_seconds",
+            "Model worker time of one call: a batch of chunks (and the last batch's decode)",
+            buckets=_BUCKETS,
+            registry=r,
         )
         self.e2e_latency = Histogram(
             "vidfx_e2e_latency_seconds", "Frame received → frame sent, inside the node", buckets=_BUCKETS, registry=r
