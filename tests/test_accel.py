@@ -26,6 +26,7 @@ from vidfx.config import AccelSettings, ModelSettings, Settings, add_settings_fl
 from vidfx.generation import denoise_chunk
 from vidfx.loading import load_pipeline, resolve
 from vidfx.model import CausalDiT, DiTConfig, KVCache
+from vidfx.model.fp8 import Fp8Linear
 from vidfx.pipeline import StreamParams
 from vidfx.sampling import step_sigmas
 
@@ -192,6 +193,36 @@ def test_bf16_keeps_wans_fp32_islands_and_stays_close_to_fp32() -> None:
     assert err_islands < 0.05, (err_islands, err_plain)
 
 
+def test_fp8_linear_computes_its_quantised_product() -> None:
+    """`Fp8Linear` is the product of the e4m3 input and weight with their row scales (to fp32 rounding: the
+    kernel does what the module says) and within FP8's error of the fp32 linear."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 80)
+    x = torch.randn(2, 21, 96) * torch.linspace(0.1, 10, 21)[:, None]  # rows of very different magnitude
+    fp8 = Fp8Linear(linear)
+    rows = x.reshape(-1, 96)
+    scale = rows.abs().amax(1, keepdim=True) / 448
+    x_deq = (rows / scale).to(torch.float8_e4m3fn).float() * scale
+    w_deq = fp8.weight.float() * fp8.weight_scale.t()
+    want = (x_deq @ w_deq.t() + linear.bias).reshape(2, 21, 80)
+    with torch.no_grad():
+        got, exact = fp8(x), linear(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    err = float((got - exact).norm() / exact.norm())
+    assert 1e-3 < err < 0.05, err  # quantised (not exact), but close
+
+
+def test_fp8_dit_stays_close_to_the_eager_dit() -> None:
+    """`accel.fp8`: every linear of the blocks is FP8 (10 a block); a stream's chunks stay within a few percent of
+    the eager fp32 stream (the bench measures the released-size architecture and the default model's pixels)."""
+    eager = _stream(_tiny_dit(), 6)
+    dit = accelerate_dit(_tiny_dit(), AccelSettings(fp8=True))
+    assert sum(isinstance(m, Fp8Linear) for m in dit.modules()) == 10 * len(dit.blocks)
+    assert not any(isinstance(m, torch.nn.Linear) for m in dit.blocks.modules())
+    err = float((_stream(dit, 6) - eager).norm() / eager.norm())
+    assert 1e-4 < err < 0.08, err
+
+
 def test_cuda_graphs_refused_off_cuda() -> None:
     if CUDA:
         pytest.skip("this checks the CPU refusal")
@@ -212,6 +243,14 @@ def test_cuda_switches_equal_eager_on_cuda() -> None:
         fast = _stream(accelerate_dit(_tiny_dit().cuda().bfloat16(), AccelSettings(**switch)), 6, device="cuda")
         err = (fast - eager16).norm() / eager16.norm()
         assert err < 2e-2, (switch, float(err))
+
+
+@needs_cuda
+def test_fp8_on_cuda_equals_fp8_on_the_cpu() -> None:
+    """The CUDA FP8 kernels compute what the CPU's reference kernel does (bf16 model, to bf16 rounding)."""
+    cpu = _stream(accelerate_dit(_tiny_dit().bfloat16(), AccelSettings(fp8=True)), 4).float()
+    gpu = _stream(accelerate_dit(_tiny_dit().cuda().bfloat16(), AccelSettings(fp8=True)), 4, device="cuda").float()
+    assert float((gpu - cpu).norm() / cpu.norm()) < 3e-2
 
 
 @needs_cuda

@@ -10,6 +10,8 @@ where the switch runs on the CPU):
   norms and RoPE always compute in fp32 inside the model.
 * SDPA backend — attention restricted to one backend with `torch.nn.attention.sdpa_kernel`; PyTorch raises
   when that backend cannot run the call instead of falling back, so the backend asked for is the one taken.
+* FP8 — every linear of the transformer blocks in float8 e4m3 with per-row scales (`vidfx.model.fp8`); the one
+  switch that changes the output beyond rounding (quantisation: `benchmarks/bench_fp8.py` measures how much).
 * compile — each transformer block `torch.compile`d. The blocks are pure functions of tensors (the cache is
   read before and written after each block), so one graph per input shape serves all layers; a stream sees a
   few shapes (one per visible-cache length until the window is full), each compiled once.
@@ -39,6 +41,7 @@ import torch._dynamo
 from torch.nn.attention import SDPBackend
 
 from vidfx.config import AccelSettings
+from vidfx.model.fp8 import quantize_blocks
 from vidfx.model.wan_dit import CausalDiT
 
 if TYPE_CHECKING:
@@ -89,6 +92,10 @@ def accelerate_dit(dit: CausalDiT, accel: AccelSettings) -> CausalDiT:
     if accel.fp32_islands and dit.patch_embedding.weight.dtype != torch.float32:
         dit.keep_fp32_islands()
     dit.sdpa_backends = None if accel.sdpa_backend == "auto" else [SDPA_BACKENDS[accel.sdpa_backend]]
+    if accel.fp8:
+        if device.type == "cuda" and dit.patch_embedding.weight.dtype != torch.bfloat16:
+            raise ValueError("accel.fp8 on CUDA needs a bfloat16 model (`model.dtype`): FP8 matmuls give bf16")
+        quantize_blocks(dit)
     if accel.compile or accel.cuda_graphs:
         for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
             if hasattr(torch._dynamo.config, name):

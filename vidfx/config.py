@@ -223,6 +223,10 @@ class AccelSettings(_Section):
         "(CUDA; `vidfx bench gpu`, H200, 480×832: 1.17× with the Wan VAE, 1.18× with TAEHV); off until the "
         "node's path is measured on a GPU"
     )  # fmt: skip
+    fp8: bool = Field(
+        False, description="the blocks' linears in float8 e4m3 with per-row scales (FP8 tensor cores: CUDA sm89+, "
+        "bf16 model); changes the output a little (benchmarks/bench_fp8.py); its speed is not measured on a GPU yet"
+    )  # fmt: skip
     keep_freed_memory: bool = Field(
         True, description="glibc: keep freed host memory for reuse instead of faulting it in again every chunk "
         "(default model, 2-core CPU: a chunk 150 → 125 ms); resident memory stays at its high-water mark"

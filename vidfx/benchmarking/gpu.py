@@ -76,6 +76,7 @@ ROWS: dict[str, Row] = {
     "sessions-2": Row(_EAGER, sessions=2, note="2 streams in one forward; FPS of both"),
     "tae-decoder": Row(_EAGER, decoder="tae", note="tiny decoder (TAEHV) instead of the Wan VAE's"),
     "t2v": Row(_EAGER, text_to_video=True, note="text-to-video, the few-step list from noise (Self-Forcing: 4)"),
+    "fp8": Row(_EAGER.model_copy(update={"fp8": True}), cuda_only=True, note="the blocks' linears in FP8 (rowwise)"),
     "compile": Row(_EAGER.model_copy(update={"compile": True}), note="torch.compile of the blocks"),
     "cuda-graphs": Row(_EAGER.model_copy(update={"cuda_graphs": True}), cuda_only=True, note="compiled + graphs"),
     "all": Row(_ALL, decode_stream=True, cuda_only=True, note="cuda graphs + pinned + decode stream"),
@@ -86,6 +87,14 @@ ROWS: dict[str, Row] = {
         _ALL, decoder="tae", encoder="tae", decode_stream=True, cuda_only=True, note="all + TAEHV encode and decode"
     ),
     "t2v-all": Row(_ALL, text_to_video=True, decode_stream=True, cuda_only=True, note="text-to-video, all"),
+    "all-tae-both-fp8": Row(
+        _ALL.model_copy(update={"fp8": True}),
+        decoder="tae",
+        encoder="tae",
+        decode_stream=True,
+        cuda_only=True,
+        note="all + TAEHV encode and decode + FP8 blocks",
+    ),
 }
 
 
